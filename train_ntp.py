@@ -1,0 +1,221 @@
+"""
+Train a GPT with next-token prediction (NTP): the teacher, and the small draft model that
+speculative decoding uses. nanoGPT's training loop, read top to bottom.
+
+    python train_ntp.py                          # CPU-sized teacher -> out/teacher.pt
+    python train_ntp.py --preset draft           # CPU-sized draft model -> out/draft.pt
+    python train_ntp.py --preset teacher_gpu     # one-GPU teacher (bf16, torch.compile)
+    python train_ntp.py --resume                 # continue from the checkpoint in --out
+    torchrun --nproc_per_node=2 train_ntp.py     # data parallel (gloo on CPU, nccl on GPU)
+
+Any preset value can be overridden by its flag, e.g. `--max_iters 500 --lr 1e-3`.
+"""
+import argparse
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
+
+from data.tokenizer import load_tokenizer
+from model import GPT, GPTConfig, UserError, load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
+
+# Tuned on the 2-core CPU machines this project is developed on (see README for the runs).
+# The draft model has >= 4x fewer parameters than the teacher.
+PRESETS = {
+    "teacher": dict(kind="teacher", out="out/teacher.pt", n_layer=4, n_head=4, n_embd=128,
+                    batch_size=16, grad_accum=1, max_iters=3000, lr=2e-3, min_lr=1e-4, warmup_iters=100),
+    "draft": dict(kind="draft", out="out/draft.pt", n_layer=2, n_head=2, n_embd=64,
+                  batch_size=16, grad_accum=1, max_iters=1500, lr=3e-3, min_lr=1e-4, warmup_iters=100),
+    "teacher_gpu": dict(kind="teacher", out="out/teacher.pt", n_layer=8, n_head=8, n_embd=512,
+                        batch_size=64, grad_accum=1, max_iters=5000, lr=1e-3, min_lr=1e-4,
+                        warmup_iters=200, compile=True),
+    "draft_gpu": dict(kind="draft", out="out/draft.pt", n_layer=4, n_head=4, n_embd=256,
+                      batch_size=64, grad_accum=1, max_iters=3000, lr=1.5e-3, min_lr=1e-4,
+                      warmup_iters=200, compile=True),
+}
+DEFAULTS = dict(data_dir="data/synth", block_size=256, dropout=0.0, weight_decay=0.1, beta1=0.9,
+                beta2=0.95, grad_clip=1.0, eval_interval=250, eval_iters=20, seed=1337,
+                device="auto", compile=False)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="teacher")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")
+    for key, value in {**DEFAULTS, **PRESETS["teacher_gpu"]}.items():
+        if key == "compile":
+            p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                           help="torch.compile the model")
+        else:
+            p.add_argument(f"--{key}", type=type(value), default=None, help=f"(preset or {DEFAULTS.get(key, '-')})")
+    args = p.parse_args(argv)
+    for key, value in {**DEFAULTS, **PRESETS[args.preset]}.items():  # flags override the preset
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def get_lr(step, args):
+    """Linear warm-up, then cosine decay to min_lr (nanoGPT)."""
+    if step < args.warmup_iters:
+        return args.lr * (step + 1) / args.warmup_iters
+    progress = min(1.0, (step - args.warmup_iters) / max(1, args.max_iters - args.warmup_iters))
+    return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
+
+
+def load_tokens(data_dir, split):
+    path = os.path.join(data_dir, f"{split}.bin")
+    if not os.path.exists(path):
+        raise UserError(f"no {split} data at {path}: run `python data/prepare.py` first")
+    return np.memmap(path, dtype=np.uint16, mode="r")
+
+
+def get_batch(data, n, block_size, generator):
+    """n random windows of block_size + 1 tokens: inputs x and next-token targets y, (n, block_size) each."""
+    if len(data) <= block_size + 1:
+        raise UserError(f"the data has {len(data)} tokens, fewer than one window of {block_size + 1}")
+    ix = torch.randint(len(data) - block_size - 1, (n,), generator=generator)
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix.tolist()])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
+    return x, y
+
+
+@torch.no_grad()
+def estimate_loss(model, data, args, device, autocast):
+    """Mean loss on the same eval_iters batches every time (a fixed seed), so numbers compare."""
+    model.eval()
+    generator = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(args.eval_iters):
+        x, y = get_batch(data, args.batch_size, args.block_size, generator)
+        with autocast:
+            losses.append(model(x.to(device), y.to(device))[1].item())
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def main(args):
+    # Distributed data parallel when launched by torchrun: one process per device.
+    ddp = "RANK" in os.environ
+    if ddp:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local_rank = int(os.environ["LOCAL_RANK"])
+        use_cuda = args.device in ("auto", "cuda") and torch.cuda.is_available()
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        device = f"cuda:{local_rank}" if use_cuda else "cpu"
+        if use_cuda:
+            torch.cuda.set_device(device)
+    else:
+        rank, world, device = 0, 1, pick_device(args.device)
+    master = rank == 0
+    if args.grad_accum % world:
+        raise UserError(f"--grad_accum {args.grad_accum} must be a multiple of the {world} processes")
+    device_type = device.split(":")[0]
+    log = print if master else (lambda *a, **k: None)
+
+    torch.manual_seed(args.seed)
+    train_data = load_tokens(args.data_dir, "train")
+    val_data = load_tokens(args.data_dir, "val")
+    tokenizer_path = os.path.join(args.data_dir, "tokenizer.json")
+    enc = load_tokenizer(tokenizer_path)
+    vocab_size = -(-enc.n_vocab // 64) * 64
+
+    # The model: fresh, or the checkpoint we resume from (with its optimizer and data stream).
+    step, ckpt = 0, None
+    if args.resume:
+        ckpt = load_checkpoint(args.out, kinds=(args.kind,), device=device)
+        model = model_from_checkpoint(ckpt, device).train()
+        step = ckpt["step"]
+        log(f"resuming {args.out} at step {step}")
+    else:
+        config = GPTConfig(block_size=args.block_size, vocab_size=vocab_size, n_layer=args.n_layer,
+                           n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
+        model = GPT(config).to(device)
+    log(f"{args.kind}: {model.num_params() / 1e6:.2f}M parameters, {model.config}")
+    optimizer = model.configure_optimizers(args.weight_decay, args.lr, (args.beta1, args.beta2), device_type)
+    # One generator shared by all ranks: every rank draws the same global batch and trains on
+    # its share, so N processes see exactly the batches one process would.
+    generator = torch.Generator().manual_seed(args.seed)
+    if ckpt is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        generator.set_state(ckpt["generator"])
+
+    raw_model = model
+    if args.compile:
+        model = torch.compile(model)
+    if ddp:
+        model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
+    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda"
+                else contextlib.nullcontext())
+
+    def checkpoint(val_loss):
+        save_checkpoint(args.out, raw_model, args.kind, tokenizer_path, step=step,
+                        optimizer=optimizer.state_dict(), generator=generator.get_state(),
+                        val_loss=val_loss, args={k: v for k, v in vars(args).items()})
+
+    tokens_per_step = args.batch_size * args.grad_accum * args.block_size
+    log(f"training {args.max_iters} steps of {tokens_per_step:,} tokens on {device}"
+        f"{f' x {world} processes' if ddp else ''}; checkpoint -> {args.out}")
+    # Ctrl-C (SIGINT) or SIGTERM: finish the step in flight, save, then exit.
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(True))
+
+    micro_steps = args.grad_accum // world  # this rank's share of the gradient accumulation
+    bar = tqdm(total=args.max_iters, initial=step, desc=args.kind, disable=not master, dynamic_ncols=True)
+    t0, loss_sum, val_loss = time.time(), None, float("nan")
+    while step < args.max_iters and not stop:
+        if step % args.eval_interval == 0 and step > 0 and master:
+            val_loss = estimate_loss(raw_model, val_data, args, device, autocast)
+            bar.write(f"step {step}: val loss {val_loss:.4f}")
+            checkpoint(val_loss)
+
+        lr = get_lr(step, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(train_data, args.batch_size * args.grad_accum, args.block_size, generator)
+        mine = list(range(rank, args.grad_accum, world))  # micro-batches of this rank
+        loss_sum = 0.0
+        for i, micro in enumerate(mine):
+            xb = x[micro * args.batch_size:(micro + 1) * args.batch_size].to(device)
+            yb = y[micro * args.batch_size:(micro + 1) * args.batch_size].to(device)
+            if ddp:  # all-reduce the gradients only once, after the last micro-batch
+                model.require_backward_grad_sync = i == len(mine) - 1
+            with autocast:
+                _, loss = model(xb, yb)
+            (loss / micro_steps).backward()
+            loss_sum += loss.item() / micro_steps
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.1e}")
+    bar.close()
+
+    if master:
+        val_loss = estimate_loss(raw_model, val_data, args, device, autocast)
+        checkpoint(val_loss)
+        elapsed = time.time() - t0
+        log(f"{'stopped' if stop else 'done'} at step {step}: train loss {loss_sum:.4f}, "
+            f"val loss {val_loss:.4f}, {elapsed / 60:.1f} min -> {args.out}")
+    if ddp:
+        dist.destroy_process_group()
+    if stop:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except UserError as e:
+        sys.exit(f"error: {e}")
