@@ -13,6 +13,7 @@ Two additions over a plain GPT, both needed for multi-token prediction:
 
 Also here, because every script needs them: checkpoint save/load and device selection.
 """
+import hashlib
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -20,6 +21,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from data.tokenizer import load_tokenizer
 
 
 class UserError(Exception):
@@ -209,11 +212,17 @@ def clean_state_dict(model):
     return out
 
 
+def file_md5(path):
+    with open(path, "rb") as f:
+        return hashlib.md5(f.read()).hexdigest()
+
+
 def save_checkpoint(path, model, kind, tokenizer, **extra):
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact.
+    `tokenizer` is the path of the tokenizer.json the model was trained with."""
     assert kind in CHECKPOINT_KINDS, kind
     ckpt = {"kind": kind, "config": asdict(model.config), "model": clean_state_dict(model),
-            "tokenizer": tokenizer, **extra}
+            "tokenizer": tokenizer, "tokenizer_md5": file_md5(tokenizer), **extra}
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
@@ -238,6 +247,16 @@ def load_checkpoint(path, kinds=CHECKPOINT_KINDS, device="cpu"):
         raise UserError(f"{path} is a {ckpt['kind']} checkpoint, but a {' or '.join(kinds)} "
                         f"checkpoint is needed here")
     return ckpt
+
+
+def tokenizer_from_checkpoint(ckpt, path=None):
+    """The tokenizer the checkpoint was trained with (or `path`), checked to be the same file."""
+    path = path or ckpt["tokenizer"]
+    enc = load_tokenizer(path)
+    if file_md5(path) != ckpt["tokenizer_md5"]:
+        raise UserError(f"the tokenizer at {path} is not the one this model was trained with "
+                        f"(was data/prepare.py rerun with other settings?): retrain, or restore it")
+    return enc
 
 
 def model_from_checkpoint(ckpt, device="cpu"):

@@ -24,8 +24,9 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data.tokenizer import load_tokenizer
-from model import GPT, GPTConfig, UserError, load_checkpoint, model_from_checkpoint, pick_device, save_checkpoint
+from data.tokenizer import load_tokenizer, padded_vocab_size
+from model import (GPT, GPTConfig, UserError, load_checkpoint, model_from_checkpoint, pick_device,
+                   save_checkpoint, tokenizer_from_checkpoint)
 
 # Tuned on the 2-core CPU machines this project is developed on (see README for the runs).
 # The draft model has >= 4x fewer parameters than the teacher.
@@ -41,9 +42,10 @@ PRESETS = {
                       batch_size=64, grad_accum=1, max_iters=3000, lr=1.5e-3, min_lr=1e-4,
                       warmup_iters=200, compile=True),
 }
+# lr_decay_iters: where the cosine ends; 0 means at max_iters.
 DEFAULTS = dict(data_dir="data/synth", block_size=256, dropout=0.0, weight_decay=0.1, beta1=0.9,
                 beta2=0.95, grad_clip=1.0, eval_interval=250, eval_iters=20, seed=1337,
-                device="auto", compile=False)
+                device="auto", compile=False, lr_decay_iters=0)
 
 
 def parse_args(argv=None):
@@ -54,12 +56,15 @@ def parse_args(argv=None):
         if key == "compile":
             p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                            help="torch.compile the model")
+        elif key == "kind":
+            p.add_argument("--kind", choices=["teacher", "draft"], default=None, help="what the checkpoint is for")
         else:
             p.add_argument(f"--{key}", type=type(value), default=None, help=f"(preset or {DEFAULTS.get(key, '-')})")
     args = p.parse_args(argv)
     for key, value in {**DEFAULTS, **PRESETS[args.preset]}.items():  # flags override the preset
         if getattr(args, key) is None:
             setattr(args, key, value)
+    args.lr_decay_iters = args.lr_decay_iters or args.max_iters
     return args
 
 
@@ -67,7 +72,7 @@ def get_lr(step, args):
     """Linear warm-up, then cosine decay to min_lr (nanoGPT)."""
     if step < args.warmup_iters:
         return args.lr * (step + 1) / args.warmup_iters
-    progress = min(1.0, (step - args.warmup_iters) / max(1, args.max_iters - args.warmup_iters))
+    progress = min(1.0, (step - args.warmup_iters) / max(1, args.lr_decay_iters - args.warmup_iters))
     return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
 
 
@@ -125,17 +130,19 @@ def main(args):
     train_data = load_tokens(args.data_dir, "train")
     val_data = load_tokens(args.data_dir, "val")
     tokenizer_path = os.path.join(args.data_dir, "tokenizer.json")
-    enc = load_tokenizer(tokenizer_path)
-    vocab_size = -(-enc.n_vocab // 64) * 64
+    if not os.path.exists(tokenizer_path):
+        raise UserError(f"no tokenizer at {tokenizer_path}: run `python data/prepare.py` first")
 
     # The model: fresh, or the checkpoint we resume from (with its optimizer and data stream).
     step, ckpt = 0, None
     if args.resume:
         ckpt = load_checkpoint(args.out, kinds=(args.kind,), device=device)
+        tokenizer_from_checkpoint(ckpt, tokenizer_path)  # the data must be tokenized as before
         model = model_from_checkpoint(ckpt, device).train()
         step = ckpt["step"]
         log(f"resuming {args.out} at step {step}")
     else:
+        vocab_size = padded_vocab_size(load_tokenizer(tokenizer_path))
         config = GPTConfig(block_size=args.block_size, vocab_size=vocab_size, n_layer=args.n_layer,
                            n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
         model = GPT(config).to(device)

@@ -1,0 +1,87 @@
+"""Training: the loss goes down, resume is exact, torchrun matches one process; bench runs."""
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from conftest import run_script
+from model import load_checkpoint
+
+TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--batch_size", "8",
+        "--eval_iters", "2", "--warmup_iters", "5", "--lr", "3e-3", "--device", "cpu"]
+
+
+def train(data, out, *extra):
+    r = run_script("train_ntp.py", "--data_dir", str(data), "--out", str(out), *TINY, *extra)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return load_checkpoint(str(out))
+
+
+@pytest.mark.slow
+def test_a_short_training_run_lowers_the_loss(tiny_data, tmp_path):
+    ckpt = train(tiny_data, tmp_path / "t.pt", "--max_iters", "80", "--eval_interval", "1000")
+    uniform = math.log(ckpt["config"]["vocab_size"])  # an untrained model's loss
+    assert ckpt["step"] == 80
+    assert ckpt["val_loss"] < 0.6 * uniform
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly_where_it_stopped(tiny_data, tmp_path):
+    schedule = ["--lr_decay_iters", "30", "--eval_interval", "10"]
+    straight = train(tiny_data, tmp_path / "a.pt", "--max_iters", "30", *schedule)
+    train(tiny_data, tmp_path / "b.pt", "--max_iters", "15", *schedule)
+    assert load_checkpoint(str(tmp_path / "b.pt"))["step"] == 15
+    resumed = train(tiny_data, tmp_path / "b.pt", "--max_iters", "30", "--resume", *schedule)
+    assert resumed["step"] == 30
+    for name, weight in straight["model"].items():  # same data, same updates: the same model
+        torch.testing.assert_close(resumed["model"][name], weight, atol=1e-6, rtol=1e-5, msg=name)
+    assert resumed["val_loss"] == pytest.approx(straight["val_loss"], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_matches_one_process(tiny_data, tmp_path):
+    common = ["--max_iters", "10", "--grad_accum", "2", "--eval_interval", "1000"]
+    single = train(tiny_data, tmp_path / "one.pt", *common)
+    r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_ntp.py",
+                   "--data_dir", str(tiny_data), "--out", str(tmp_path / "two.pt"), *TINY, *common)
+    assert r.returncode == 0, r.stderr[-2000:]
+    double = load_checkpoint(str(tmp_path / "two.pt"))
+    assert double["step"] == 10
+    assert double["val_loss"] == pytest.approx(single["val_loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--data_dir", "/nonexistent"], "no train data at /nonexistent/train.bin"),
+    (["--resume", "--out", "/nonexistent/t.pt"], "no checkpoint at /nonexistent/t.pt"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
+])
+def test_training_errors_are_one_line(tiny_data, flags, message):
+    r = run_script("train_ntp.py", "--data_dir", str(tiny_data), *flags)
+    assert r.returncode != 0
+    assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_resuming_a_draft_as_a_teacher_is_refused(tiny_data, tmp_path):
+    train(tiny_data, tmp_path / "d.pt", "--max_iters", "2", "--kind", "draft")
+    r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "d.pt"), "--resume", *TINY)
+    assert r.returncode != 0 and "is a draft checkpoint, but a teacher" in r.stderr
+
+
+@pytest.mark.slow
+def test_bench_writes_the_promised_rows(tiny_data, tmp_path):
+    train(tiny_data, tmp_path / "teacher.pt", "--max_iters", "20")
+    train(tiny_data, tmp_path / "draft.pt", "--max_iters", "5", "--kind", "draft")
+    r = run_script("bench.py", "--teacher", str(tmp_path / "teacher.pt"), "--draft", str(tmp_path / "draft.pt"),
+                   "--n", "4", "--n_uncached", "2", "--max_new_tokens", "20", "--device", "cpu",
+                   "--out_dir", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.load(open(tmp_path / "out" / "bench.json"))
+    assert [(row["model"], row["strategy"]) for row in rows] == [
+        ("teacher", "ntp greedy"), ("teacher", "ntp greedy, no cache"), ("draft", "ntp greedy")]
+    for row in rows:
+        assert {"model", "strategy", "accuracy", "tokens_per_forward", "tokens_per_second"} <= set(row)
+        assert row["tokens_per_forward"] == 1.0 and row["tokens_per_second"] > 0
+    assert "| teacher | ntp greedy |" in (tmp_path / "out" / "bench.md").read_text()
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == rows  # the last line is the JSON
