@@ -3,6 +3,8 @@ Decoding strategies, one function each, all returning a `Generation` with the sa
 
     python decode.py --ckpt out/teacher.pt --prompt "Mia has 12 apples and buys 30 more. How many apples does she have?"
     python decode.py --ckpt out/teacher.pt --temperature 0.8 --top_k 20 --prompt "..."
+    python decode.py --ckpt out/student.pt --tau 0.9 --show-chunks --prompt "..."   # ConfAdapt
+    python decode.py --ckpt out/student.pt --static --k 3 --prompt "..."            # static k
 
 Next-token prediction (NTP): one forward pass per token. With the KV cache each pass feeds
 only the newest token; the keys/values of the earlier ones are read from the cache.
@@ -76,6 +78,51 @@ def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature
     return out
 
 
+@torch.no_grad()
+def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, tau=None):
+    """Multi-token prediction with the student's <MTP> mask (METHOD.md section 5).
+
+    Every forward pass feeds the newly accepted tokens plus k-1 masks and reads k greedy
+    predictions from the last k positions (the last real token predicts token 1, mask j
+    predicts token j+1). Static k (tau=None) emits all k. ConfAdapt(tau) emits the longest
+    leading run whose confidence (max softmax) is >= tau, always at least one token.
+    The masks' cache entries are stale once their tokens are known, so the cache is cut back
+    to the last real token; the accepted tokens are fed as real tokens on the next pass."""
+    check_prompt(prompt_ids, model)
+    if k < 1:
+        raise UserError(f"k must be >= 1, got {k}")
+    if tau is not None and not 0 < tau <= 1:
+        raise UserError(f"tau must be in (0, 1], got {tau}")
+    device = model.lm_head.weight.device
+    cache = KVCache(model.config, 1, device, model.lm_head.weight.dtype)
+    out = Generation(tokens=[])
+    feed = list(prompt_ids)
+    while len(out.tokens) < max_new_tokens:
+        room = model.config.block_size - cache.length - len(feed)  # slots left for masks
+        if room < 0:
+            break
+        n_masks = min(k - 1, room)
+        idx = torch.tensor([feed + [mask_id] * n_masks], device=device)  # (1, len(feed) + n_masks)
+        logits, _ = model(idx, cache=cache)
+        out.n_forward += 1
+        cache.truncate(cache.length - n_masks)             # forget the masks' keys/values
+        probs = torch.softmax(logits[0, -(n_masks + 1):, :n_vocab].float(), dim=-1)  # (n_masks + 1, n_vocab)
+        confidence, tokens = probs.max(dim=-1)
+        n_emit = n_masks + 1
+        if tau is not None:  # ConfAdapt: stop before the first position below tau
+            below = (confidence < tau).nonzero()
+            n_emit = max(1, int(below[0]) if len(below) else n_emit)
+        chunk = tokens[:n_emit].tolist()[:max_new_tokens - len(out.tokens)]
+        if eos_id in chunk:
+            chunk = chunk[:chunk.index(eos_id) + 1]
+        out.tokens += chunk
+        out.chunks.append(len(chunk))
+        if chunk[-1] == eos_id or cache.length + len(chunk) >= model.config.block_size:
+            break
+        feed = chunk
+    return out
+
+
 def load_for_decoding(path, device, kinds=("teacher", "draft", "student")):
     """(model, tokenizer, checkpoint dict) of a checkpoint, ready to decode."""
     ckpt = load_checkpoint(path, kinds=kinds, device=device)
@@ -91,6 +138,10 @@ def main():
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole sequence every step")
+    p.add_argument("--k", type=int, default=None, help="student: positions read per pass (default: its k_max)")
+    p.add_argument("--tau", type=float, default=0.9, help="student: ConfAdapt confidence threshold in (0, 1]")
+    p.add_argument("--static", action="store_true", help="student: emit all k tokens of every pass")
+    p.add_argument("--show-chunks", action="store_true", help="mark the tokens of each forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--seed", type=int, default=1337)
     args = p.parse_args()
@@ -102,18 +153,35 @@ def main():
         raise UserError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
 
     device = pick_device(args.device)
-    model, enc, _ = load_for_decoding(args.ckpt, device)
+    model, enc, ckpt = load_for_decoding(args.ckpt, device)
     text = args.prompt if args.raw else format_prompt(args.prompt.strip())
     prompt_ids = enc.encode_ordinary(text) if args.prompt.strip() else []
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
     generator = torch.Generator(device=device).manual_seed(args.seed)
 
     t0 = time.time()
-    out = generate_ntp(model, prompt_ids, args.max_new_tokens, eos_id, enc.n_vocab, args.temperature,
-                       args.top_k, use_cache=not args.no_cache, generator=generator)
+    if ckpt["kind"] == "student":
+        k = args.k or ckpt["k_max"]
+        out = generate_mtp(model, prompt_ids, args.max_new_tokens, eos_id, enc.n_vocab, ckpt["mask_id"], k,
+                           tau=None if args.static else args.tau)
+        how = f"static k={k}" if args.static else f"ConfAdapt tau={args.tau}, k_max={k}"
+    else:
+        out = generate_ntp(model, prompt_ids, args.max_new_tokens, eos_id, enc.n_vocab, args.temperature,
+                           args.top_k, use_cache=not args.no_cache, generator=generator)
+        how = "NTP " + ("greedy" if args.temperature == 0 else f"sampling at temperature {args.temperature}")
     elapsed = time.time() - t0
-    print(text + enc.decode([t for t in out.tokens if t != eos_id]))
-    print(f"\n[{len(out.tokens)} tokens, {out.n_forward} forward passes, "
+    tokens = [t for t in out.tokens if t != eos_id]
+    if args.show_chunks:  # each forward pass's tokens in brackets, followed by how many there were
+        pieces, start = [], 0
+        for size in out.chunks:
+            chunk = [t for t in out.tokens[start:start + size] if t != eos_id]
+            pieces.append(f"[{enc.decode(chunk)}]{size}")
+            start += size
+        print(text + "".join(pieces))
+    else:
+        print(text + enc.decode(tokens))
+    print(f"\n[{how}: {len(out.tokens)} tokens in {out.n_forward} forward passes = "
+          f"{out.tokens_per_forward:.2f} tokens/forward (effective k), "
           f"{len(out.tokens) / elapsed:.0f} tokens/s on {device}]", file=sys.stderr)
 
 

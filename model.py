@@ -162,11 +162,13 @@ class GPT(nn.Module):
         """
         B, T = idx.size()
         start = cache.length if cache is not None else 0
-        if start + T > self.config.block_size:
-            raise ValueError(f"{start + T} tokens do not fit the model's context of "
-                             f"{self.config.block_size} tokens")
         if pos is None:
+            if start + T > self.config.block_size:
+                raise ValueError(f"{start + T} tokens do not fit the model's context of "
+                                 f"{self.config.block_size} tokens")
             pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        # With explicit positions (the MTP layout) T may exceed block_size: the appended
+        # blocks reuse positions of the sequence; only the positions must fit the context.
         if cache is not None and attn_mask is None and T > 1:
             # causal with an offset: the query at slot start+i sees slots 0 .. start+i
             slots = torch.arange(start + T, device=idx.device)
@@ -193,6 +195,23 @@ class GPT(nn.Module):
                   {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
         fused = device_type == "cuda"  # one kernel for the whole update on GPU
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+
+def add_mask_token(model, mask_id, generator=None):
+    """Give the <MTP> mask token an unused vocabulary slot (METHOD.md section 3).
+
+    Its embedding row is drawn from the mean and spread of the rows in use (ids < mask_id),
+    so it starts as a typical-looking token rather than the random init of an unused slot.
+    The embeddings are tied, so this is also its output row: decoding never emits ids from
+    the tokenizer's vocabulary size on (decode.pick_token), the mask included."""
+    if mask_id >= model.config.vocab_size:
+        raise UserError(f"no free vocabulary slot for <MTP>: the tokenizer uses {mask_id} ids and "
+                        f"the model has {model.config.vocab_size}")
+    with torch.no_grad():
+        rows = model.transformer.wte.weight[:mask_id]  # (mask_id, n_embd)
+        noise = torch.randn(rows.size(1), generator=generator).to(rows.device)
+        model.transformer.wte.weight[mask_id] = rows.mean(0) + rows.std(0) * noise
+    return model
 
 
 # --------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
-from data.tokenizer import load_tokenizer, padded_vocab_size
+from data.tokenizer import EOT, load_tokenizer, padded_vocab_size
 from model import (GPT, GPTConfig, UserError, load_checkpoint, model_from_checkpoint, pick_device,
                    save_checkpoint, tokenizer_from_checkpoint)
 
@@ -76,62 +76,73 @@ def get_lr(step, args):
     return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
 
 
-def load_tokens(data_dir, split):
+def load_tokens(data_dir, split, eot_id, block_size):
+    """The token stream of a split, and the offsets where its documents start."""
     path = os.path.join(data_dir, f"{split}.bin")
     if not os.path.exists(path):
         raise UserError(f"no {split} data at {path}: run `python data/prepare.py` first")
-    return np.memmap(path, dtype=np.uint16, mode="r")
-
-
-def get_batch(data, n, block_size, generator):
-    """n random windows of block_size + 1 tokens: inputs x and next-token targets y, (n, block_size) each."""
+    data = np.memmap(path, dtype=np.uint16, mode="r")
     if len(data) <= block_size + 1:
-        raise UserError(f"the data has {len(data)} tokens, fewer than one window of {block_size + 1}")
-    ix = torch.randint(len(data) - block_size - 1, (n,), generator=generator)
-    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix.tolist()])
-    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix.tolist()])
+        raise UserError(f"{path} has {len(data)} tokens, fewer than one window of {block_size + 1}")
+    starts = np.concatenate([[0], np.flatnonzero(data == eot_id) + 1])
+    return data, starts[starts < len(data) - block_size - 1]
+
+
+def get_batch(data, starts, n, block_size, generator):
+    """n windows of block_size + 1 tokens, each starting at a document's first token (a window
+    that starts mid-problem would train on an answer whose question it cannot see).
+    Returns inputs x and next-token targets y, (n, block_size) each."""
+    ix = starts[torch.randint(len(starts), (n,), generator=generator).numpy()]
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
     return x, y
 
 
 @torch.no_grad()
-def estimate_loss(model, data, args, device, autocast):
+def estimate_loss(model, data, starts, args, device, autocast):
     """Mean loss on the same eval_iters batches every time (a fixed seed), so numbers compare."""
     model.eval()
     generator = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(args.eval_iters):
-        x, y = get_batch(data, args.batch_size, args.block_size, generator)
+        x, y = get_batch(data, starts, args.batch_size, args.block_size, generator)
         with autocast:
             losses.append(model(x.to(device), y.to(device))[1].item())
     model.train()
     return sum(losses) / len(losses)
 
 
+def setup_distributed(device_arg, grad_accum):
+    """(ddp, rank, world, local_rank, device). Under torchrun: one process per device, nccl
+    on GPUs and gloo on CPUs; otherwise one process on the chosen device."""
+    if "RANK" not in os.environ:
+        return False, 0, 1, 0, pick_device(device_arg)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    use_cuda = device_arg in ("auto", "cuda") and torch.cuda.is_available()
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    device = f"cuda:{local_rank}" if use_cuda else "cpu"
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if grad_accum % world:
+        raise UserError(f"--grad_accum {grad_accum} must be a multiple of the {world} processes")
+    return True, rank, world, local_rank, device
+
+
 def main(args):
-    # Distributed data parallel when launched by torchrun: one process per device.
-    ddp = "RANK" in os.environ
-    if ddp:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local_rank = int(os.environ["LOCAL_RANK"])
-        use_cuda = args.device in ("auto", "cuda") and torch.cuda.is_available()
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        device = f"cuda:{local_rank}" if use_cuda else "cpu"
-        if use_cuda:
-            torch.cuda.set_device(device)
-    else:
-        rank, world, device = 0, 1, pick_device(args.device)
+    ddp, rank, world, local_rank, device = setup_distributed(args.device, args.grad_accum)
     master = rank == 0
-    if args.grad_accum % world:
-        raise UserError(f"--grad_accum {args.grad_accum} must be a multiple of the {world} processes")
     device_type = device.split(":")[0]
     log = print if master else (lambda *a, **k: None)
 
     torch.manual_seed(args.seed)
-    train_data = load_tokens(args.data_dir, "train")
-    val_data = load_tokens(args.data_dir, "val")
     tokenizer_path = os.path.join(args.data_dir, "tokenizer.json")
     if not os.path.exists(tokenizer_path):
         raise UserError(f"no tokenizer at {tokenizer_path}: run `python data/prepare.py` first")
+    enc = load_tokenizer(tokenizer_path)
+    eot_id = enc.encode(EOT, allowed_special={EOT})[0]
+    train_data, train_starts = load_tokens(args.data_dir, "train", eot_id, args.block_size)
+    val_data, val_starts = load_tokens(args.data_dir, "val", eot_id, args.block_size)
 
     # The model: fresh, or the checkpoint we resume from (with its optimizer and data stream).
     step, ckpt = 0, None
@@ -142,7 +153,7 @@ def main(args):
         step = ckpt["step"]
         log(f"resuming {args.out} at step {step}")
     else:
-        vocab_size = padded_vocab_size(load_tokenizer(tokenizer_path))
+        vocab_size = padded_vocab_size(enc)
         config = GPTConfig(block_size=args.block_size, vocab_size=vocab_size, n_layer=args.n_layer,
                            n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
         model = GPT(config).to(device)
@@ -179,16 +190,17 @@ def main(args):
     micro_steps = args.grad_accum // world  # this rank's share of the gradient accumulation
     bar = tqdm(total=args.max_iters, initial=step, desc=args.kind, disable=not master, dynamic_ncols=True)
     t0, loss_sum, val_loss = time.time(), None, float("nan")
+    evaluated_at = step  # step 0 needs no evaluation; a resumed checkpoint had one at its step
     while step < args.max_iters and not stop:
-        if step % args.eval_interval == 0 and step > 0 and master:
-            val_loss = estimate_loss(raw_model, val_data, args, device, autocast)
+        if step % args.eval_interval == 0 and step != evaluated_at and master:
+            val_loss = estimate_loss(raw_model, val_data, val_starts, args, device, autocast)
             bar.write(f"step {step}: val loss {val_loss:.4f}")
             checkpoint(val_loss)
 
         lr = get_lr(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = get_batch(train_data, args.batch_size * args.grad_accum, args.block_size, generator)
+        x, y = get_batch(train_data, train_starts, args.batch_size * args.grad_accum, args.block_size, generator)
         mine = list(range(rank, args.grad_accum, world))  # micro-batches of this rank
         loss_sum = 0.0
         for i, micro in enumerate(mine):
@@ -210,11 +222,13 @@ def main(args):
     bar.close()
 
     if master:
-        val_loss = estimate_loss(raw_model, val_data, args, device, autocast)
+        val_loss = estimate_loss(raw_model, val_data, val_starts, args, device, autocast)
         checkpoint(val_loss)
         elapsed = time.time() - t0
         log(f"{'stopped' if stop else 'done'} at step {step}: train loss {loss_sum:.4f}, "
             f"val loss {val_loss:.4f}, {elapsed / 60:.1f} min -> {args.out}")
+        if stop:
+            log(f"continue with: python train_ntp.py --preset {args.preset} --out {args.out} --resume")
     if ddp:
         dist.destroy_process_group()
     if stop:

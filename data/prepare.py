@@ -7,6 +7,7 @@ Prepare a dataset: problems -> tokenizer -> train.bin / val.bin / test.jsonl.
 Writes into --out_dir (default data/synth):
     tokenizer.json   the BPE tokenizer (data/tokenizer.py), trained on the training split
     train.bin        uint16 token ids of the training documents, each ended by <|endoftext|>
+                     (synthetic: the problems plus arithmetic drills, see problems.drill)
     val.bin          the same for the validation documents
     test.jsonl       held-out {"question", "answer"} pairs for bench.py
 
@@ -17,12 +18,13 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import sys
 import time
 
 import numpy as np
 
-from problems import final_answer, format_document, generate
+from problems import drill, final_answer, format_document, generate
 from tokenizer import EOT, load_tokenizer, save_tokenizer, train_bpe
 
 
@@ -48,6 +50,9 @@ def synthetic_splits(args):
             seen_test.add(p["question"]) if s == "test" else None
             splits[s].append(p)
         batch_seed += 1_000_003  # the next batch of problems, still a function of --seed
+    rng = random.Random(args.seed - 1)
+    splits["train"] += [{"text": drill(rng)} for _ in range(args.n_drill)]
+    random.Random(args.seed).shuffle(splits["train"])  # drills spread through the stream
     return splits
 
 
@@ -119,6 +124,8 @@ def main():
                    "default: generate synthetic problems")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--n_train", type=int, default=100_000, help="synthetic training problems")
+    p.add_argument("--n_drill", type=int, default=50_000,
+                   help="synthetic arithmetic drill documents added to the training split")
     p.add_argument("--n_val", type=int, default=2_000, help="synthetic validation problems")
     p.add_argument("--n_test", type=int, default=1_000, help="synthetic test problems (distinct questions)")
     p.add_argument("--val_percent", type=int, default=5, help="share of questions hashed to val")

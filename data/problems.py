@@ -395,6 +395,17 @@ def generate(count, seed):
     return [make_problem(rng, rng.choice(TEMPLATES)) for _ in range(count)]
 
 
+def drill(rng, n_steps=8):
+    """A document of bare worked steps ("34 * 7 = 238"), drawn from the templates' own steps.
+    A small model's bottleneck on these problems is the arithmetic, not the wording; drills
+    give it that practice densely. They go into the training split only."""
+    lines = []
+    while len(lines) < n_steps:
+        answer = make_problem(rng, rng.choice(TEMPLATES))["answer"]
+        lines += [f"{a} {op} {b} = {c}" for a, op, b, c in STEP.findall(answer)]
+    return "\n".join(lines[:n_steps])
+
+
 def format_prompt(question):
     """What the model is given: the question, then the cue to start the worked answer."""
     return f"Question: {question}\nAnswer:"

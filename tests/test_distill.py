@@ -1,0 +1,205 @@
+"""The student: the mask token, the training layout, the critic loss, and MTP decoding."""
+import argparse
+
+import pytest
+import torch
+
+from conftest import run_script
+from data.tokenizer import load_tokenizer
+from decode import generate_mtp, generate_ntp
+from distill_mtp import DEFAULTS, distill_loss, make_student, mtp_layout, prediction_points
+from model import GPT, GPTConfig, UserError, add_mask_token, load_checkpoint, save_checkpoint
+
+N_VOCAB, VOCAB = 120, 128            # the tokenizer's ids, and the padded model vocabulary
+MASK = N_VOCAB                       # <MTP> takes the first free slot
+TINY = GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32)
+
+
+def loss_args(**overrides):
+    return argparse.Namespace(**{**DEFAULTS, **overrides})
+
+
+@pytest.fixture
+def pair():
+    """A random teacher and its student (a copy plus the mask token)."""
+    torch.manual_seed(0)
+    teacher = GPT(TINY).eval()
+    student = GPT(TINY).eval()
+    student.load_state_dict(teacher.state_dict())
+    add_mask_token(student, MASK, torch.Generator().manual_seed(0))
+    return teacher, student
+
+
+def test_the_mask_token_gets_a_typical_embedding_and_nothing_else_changes(pair):
+    teacher, student = pair
+    wte_t, wte_s = teacher.transformer.wte.weight, student.transformer.wte.weight
+    assert torch.equal(wte_s[:MASK], wte_t[:MASK])  # the real tokens are untouched
+    assert (wte_s[MASK] - wte_t[:MASK].mean(0)).abs().mean() < 3 * wte_t[:MASK].std(0).mean()
+    assert not torch.equal(wte_s[MASK], wte_t[MASK])
+    with pytest.raises(UserError, match="no free vocabulary slot"):
+        add_mask_token(student, VOCAB)
+
+
+@pytest.mark.parametrize("k, bidirectional", [(1, False), (2, False), (4, False), (4, True)])
+def test_the_layout_gives_each_block_what_it_would_see_alone(pair, k, bidirectional):
+    """Batched layout == running each block's prefix + masks on its own."""
+    _, student = pair
+    N = 32
+    x = torch.randint(0, N_VOCAB, (2, N))
+    points = prediction_points(N, k, n_points=4, offset=3)
+    pos, mask, read = mtp_layout(N, k, points, bidirectional)
+    M = len(points)
+    idx = torch.cat([x, torch.full((2, M * (k - 1)), MASK)], dim=1)
+    logits, _ = student(idx, pos=pos, attn_mask=mask)
+    for m, i in enumerate(points.tolist()):
+        alone = torch.cat([x[:, :i + 1], torch.full((2, k - 1), MASK)], dim=1)
+        block_mask = torch.ones(i + k, i + k, dtype=torch.bool).tril()
+        if bidirectional:
+            block_mask[i + 1:, i + 1:] = True
+        expected, _ = student(alone, attn_mask=block_mask)
+        torch.testing.assert_close(logits[:, read[m]], expected[:, i:], atol=1e-5, rtol=1e-5)
+
+
+def test_prediction_points_leave_room_for_the_block():
+    points = prediction_points(64, k=8, n_points=8, offset=7)
+    assert points.tolist() == [7, 15, 23, 31, 39, 47, 55]  # 63 would run past the window
+    assert (points + 8 <= 64).all()
+
+
+def test_teacher_targets_are_its_greedy_continuation_of_prefix_plus_rollout(pair):
+    teacher, student = pair
+    N, k = 32, 4
+    x = torch.randint(0, N_VOCAB, (1, N))
+    points = prediction_points(N, k, n_points=3, offset=2)
+    pos, mask, read = mtp_layout(N, k, points)
+    M = len(points)
+    s_logits, _ = student(torch.cat([x, torch.full((1, M * (k - 1)), MASK)], 1), pos=pos, attn_mask=mask)
+    rollout = s_logits[:, read][..., :N_VOCAB].argmax(-1)  # (1, M, k)
+    # what distill_loss uses as targets, recomputed here by reading its teacher pass
+    proposed = rollout[:, :, :k - 1].reshape(1, -1)
+    t_logits, _ = teacher(torch.cat([x, proposed], 1), pos=pos, attn_mask=mask)
+    targets = t_logits[:, read][..., :N_VOCAB].argmax(-1)
+    for m, i in enumerate(points.tolist()):
+        for j in range(k):  # token j+1 of block m: the teacher after x_0..x_i, y'_1..y'_j
+            context = torch.cat([x[0, :i + 1], rollout[0, m, :j]])[None]
+            assert targets[0, m, j] == teacher(context)[0][0, -1, :N_VOCAB].argmax()
+
+
+def test_k1_at_step_0_the_student_agrees_with_the_teacher_exactly(pair):
+    teacher, student = pair
+    x = torch.randint(0, N_VOCAB, (2, 32))
+    y = torch.randint(0, N_VOCAB, (2, 32))
+    points = prediction_points(32, 1, n_points=8, offset=0)
+    soft, _ = distill_loss(student, teacher, x, y, 1, points, loss_args(teacher_readout="soft"), MASK, N_VOCAB)
+    assert soft.item() == pytest.approx(0.0, abs=1e-6)  # KL(teacher || itself)
+    hard, stats = distill_loss(student, teacher, x, y, 1, points, loss_args(), MASK, N_VOCAB)
+    assert stats["agreement"].tolist() == [1.0]          # every rollout token is the teacher's
+    # the hard loss is then the teacher's own -log p(argmax): the floor of cross-entropy to it
+    probs = torch.softmax(teacher(x)[0][:, points, :N_VOCAB], -1)
+    assert hard.item() == pytest.approx(-probs.max(-1).values.log().mean().item(), rel=1e-5)
+
+
+def test_the_teacher_never_changes_and_gets_no_gradient(pair):
+    teacher, student = pair
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    before = {n: p.clone() for n, p in teacher.state_dict().items()}
+    student.train()
+    opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
+    for step in range(3):
+        x = torch.randint(0, N_VOCAB, (2, 32))
+        loss, _ = distill_loss(student, teacher, x, x, 3, prediction_points(32, 3, 4, step), loss_args(), MASK, N_VOCAB)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(p.grad is None for p in teacher.parameters())
+    for n, p in teacher.state_dict().items():
+        assert torch.equal(p, before[n]), n
+
+
+def test_ground_truth_supervision_targets_the_data(pair):
+    teacher, student = pair
+    x = torch.randint(0, N_VOCAB, (1, 32))
+    y = torch.roll(x, -1, dims=1)
+    points = prediction_points(32, 3, n_points=4, offset=1)
+    loss, stats = distill_loss(student, teacher, x, y, 3, points, loss_args(supervision="ground_truth"), MASK, N_VOCAB)
+    assert torch.isfinite(loss) and stats["agreement"].shape == (3,)
+
+
+def test_static_k1_equals_ntp_greedy(pair):
+    _, student = pair
+    prompt = torch.randint(0, N_VOCAB, (10,)).tolist()
+    ntp = generate_ntp(student, prompt, 40, eos_id=-1, n_vocab=N_VOCAB)
+    mtp = generate_mtp(student, prompt, 40, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=1)
+    assert mtp.tokens == ntp.tokens and mtp.n_forward == ntp.n_forward
+
+
+@pytest.mark.parametrize("k", [2, 4])
+def test_static_k_emits_k_tokens_per_pass_and_never_the_mask(pair, k):
+    _, student = pair
+    out = generate_mtp(student, [1, 2, 3], 20, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k)
+    assert len(out.tokens) == 20 and out.chunks[:-1] == [k] * (len(out.chunks) - 1)
+    assert MASK not in out.tokens and max(out.tokens) < N_VOCAB
+
+
+def test_tau_1_emits_one_token_per_pass(pair):
+    _, student = pair
+    out = generate_mtp(student, [1, 2, 3], 15, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=4, tau=1.0)
+    assert out.chunks == [1] * 15 and out.n_forward == 15
+
+
+def test_confadapt_emits_between_1_and_k_and_matches_a_low_threshold_static_run(pair):
+    _, student = pair
+    low = generate_mtp(student, [5, 6], 12, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=3, tau=1e-9)
+    static = generate_mtp(student, [5, 6], 12, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=3)
+    assert low.tokens == static.tokens  # every confidence is above a tiny tau: all k emitted
+    mid = generate_mtp(student, [5, 6], 12, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=3, tau=0.05)
+    assert all(1 <= c <= 3 for c in mid.chunks)
+
+
+def test_eos_inside_a_chunk_ends_the_generation_at_the_eos(pair):
+    _, student = pair
+    free = generate_mtp(student, [1, 2, 3], 30, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=4)
+    eos = free.tokens[5]  # the 6th token: inside the second chunk of 4
+    stopped = generate_mtp(student, [1, 2, 3], 30, eos_id=eos, n_vocab=N_VOCAB, mask_id=MASK, k=4)
+    assert stopped.tokens == free.tokens[:free.tokens.index(eos) + 1]
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(k=0), "k must be >= 1"), (dict(k=2, tau=0.0), "tau must be in"),
+                                             (dict(k=2, tau=1.5), "tau must be in")])
+def test_bad_decoding_settings_are_refused(pair, kwargs, message):
+    _, student = pair
+    with pytest.raises(UserError, match=message):
+        generate_mtp(student, [1, 2], 5, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, **kwargs)
+
+
+def test_show_mask_prints_the_layout():
+    r = run_script("distill_mtp.py", "--show-mask")
+    assert r.returncode == 0, r.stderr
+    assert "M1.1 (pos  3)    #    #    #    .    .    .    .    .    #    .    .    ." in r.stdout
+
+
+@pytest.mark.slow
+def test_distillation_runs_resumes_and_decodes(tiny_data, tmp_path):
+    common = ["--data_dir", str(tiny_data), "--n_layer", "2", "--n_head", "2", "--n_embd", "32",
+              "--block_size", "64", "--batch_size", "8", "--eval_iters", "2", "--device", "cpu"]
+    r = run_script("train_ntp.py", *common, "--max_iters", "30", "--out", str(tmp_path / "teacher.pt"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    distill = ["distill_mtp.py", "--teacher", str(tmp_path / "teacher.pt"), "--out", str(tmp_path / "student.pt"),
+               "--k_max", "4", "--batch_size", "4", "--eval_iters", "2", "--eval_interval", "5", "--device", "cpu",
+               "--lr_decay_iters", "10"]
+    r = run_script(*distill, "--max_iters", "5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "agreement with the teacher by block position" in r.stdout
+    r = run_script(*distill, "--max_iters", "10", "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = load_checkpoint(str(tmp_path / "student.pt"), kinds=("student",))
+    assert ckpt["step"] == 10
+    assert ckpt["mask_id"] == load_tokenizer(str(tiny_data / "tokenizer.json")).n_vocab  # the first free slot
+    assert [e["step"] for e in ckpt["agreement_log"]] == [0, 5, 10]
+    r = run_script("decode.py", "--ckpt", str(tmp_path / "student.pt"), "--prompt", "How many?", "--show-chunks",
+                   "--max_new_tokens", "12", "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tokens/forward (effective k)" in r.stderr and "]" in r.stdout
+    r = run_script("distill_mtp.py", "--teacher", str(tmp_path / "student.pt"))
+    assert r.returncode != 0 and "is a student checkpoint, but a teacher" in r.stderr
