@@ -1,6 +1,6 @@
 # The pipeline as file targets: a stage reruns only when what it is made from has changed.
 #
-#   make demo   install what is missing, then data -> teacher, draft -> bench (CPU default)
+#   make demo   install what is missing, then data -> teacher, draft -> student -> bench (CPU default)
 #   make test   install what is missing, then run the test suite
 #
 # An interrupted training run keeps its checkpoint: finish it with
@@ -26,7 +26,10 @@ out/teacher.pt: $(DATA)/train.bin train_ntp.py model.py
 out/draft.pt: $(DATA)/train.bin train_ntp.py model.py
 	$(PYTHON) train_ntp.py --preset draft
 
-out/bench.json: out/teacher.pt out/draft.pt bench.py decode.py
+out/student.pt: out/teacher.pt distill_mtp.py
+	$(PYTHON) distill_mtp.py
+
+out/bench.json: out/teacher.pt out/draft.pt out/student.pt bench.py decode.py
 	$(PYTHON) bench.py
 
 test: install

@@ -1,7 +1,7 @@
 """
 Measure decoding strategies side by side on held-out test problems.
 
-    python bench.py                      # teacher and draft, 500 test problems
+    python bench.py                      # teacher, draft and student, 500 test problems
     python bench.py --n 100 --device cuda
 
 For every model x strategy: exact-match accuracy on the '####' answer, tokens per forward
@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from data.problems import final_answer, format_prompt
 from data.tokenizer import EOT
-from decode import generate_ntp, load_for_decoding
+from decode import generate_mtp, generate_ntp, load_for_decoding
 from model import UserError, pick_device
 
 
@@ -81,6 +81,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default="out/teacher.pt")
     p.add_argument("--draft", default="out/draft.pt", help="measured too if the file exists")
+    p.add_argument("--student", default="out/student.pt", help="measured too if the file exists")
+    p.add_argument("--static_k", default="1,2,3,4,5", help="student: static k values")
+    p.add_argument("--taus", default="0.6,0.7,0.8,0.9,0.95,0.99,0.995", help="student: ConfAdapt thresholds")
     p.add_argument("--test", default=None, help="test.jsonl (default: next to the teacher's tokenizer)")
     p.add_argument("--n", type=int, default=500, help="test problems")
     p.add_argument("--n_uncached", type=int, default=50, help="problems for the slow no-cache row")
@@ -107,6 +110,17 @@ def main():
     if os.path.exists(args.draft):
         draft, _, _ = load_for_decoding(args.draft, device, kinds=("draft",))
         strategies.append(dict(model="draft", strategy="ntp greedy", n=len(problems), decode=ntp(draft, True)))
+    if os.path.exists(args.student):
+        student, _, sckpt = load_for_decoding(args.student, device, kinds=("student",))
+
+        def mtp(k, tau=None):
+            return lambda ids: generate_mtp(student, ids, args.max_new_tokens, eos_id, enc.n_vocab,
+                                            sckpt["mask_id"], k, tau)
+        for k in [int(v) for v in args.static_k.split(",")]:
+            strategies.append(dict(model="student", strategy=f"static k={k}", n=len(problems), decode=mtp(k)))
+        for tau in [float(v) for v in args.taus.split(",")]:
+            strategies.append(dict(model="student", strategy=f"ConfAdapt tau={tau}", n=len(problems),
+                                   decode=mtp(sckpt["k_max"], tau)))
     print(f"benchmarking {len(strategies)} strategies on {len(problems)} problems from {test_path} on {device}")
 
     rows = run_bench([s for s in strategies if s["n"] > 0], problems, enc)

@@ -32,7 +32,7 @@ from model import (GPT, GPTConfig, UserError, load_checkpoint, model_from_checkp
 # The draft model has >= 4x fewer parameters than the teacher.
 PRESETS = {
     "teacher": dict(kind="teacher", out="out/teacher.pt", n_layer=4, n_head=4, n_embd=128,
-                    batch_size=16, grad_accum=1, max_iters=3000, lr=2e-3, min_lr=1e-4, warmup_iters=100),
+                    batch_size=16, grad_accum=1, max_iters=2400, lr=4e-3, min_lr=2e-4, warmup_iters=100),
     "draft": dict(kind="draft", out="out/draft.pt", n_layer=2, n_head=2, n_embd=64,
                   batch_size=16, grad_accum=1, max_iters=1500, lr=3e-3, min_lr=1e-4, warmup_iters=100),
     "teacher_gpu": dict(kind="teacher", out="out/teacher.pt", n_layer=8, n_head=8, n_embd=512,

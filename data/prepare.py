@@ -7,7 +7,7 @@ Prepare a dataset: problems -> tokenizer -> train.bin / val.bin / test.jsonl.
 Writes into --out_dir (default data/synth):
     tokenizer.json   the BPE tokenizer (data/tokenizer.py), trained on the training split
     train.bin        uint16 token ids of the training documents, each ended by <|endoftext|>
-                     (synthetic: the problems plus arithmetic drills, see problems.drill)
+                     (synthetic: the problems, plus --n_drill arithmetic drills if asked)
     val.bin          the same for the validation documents
     test.jsonl       held-out {"question", "answer"} pairs for bench.py
 
@@ -124,8 +124,8 @@ def main():
                    "default: generate synthetic problems")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--n_train", type=int, default=100_000, help="synthetic training problems")
-    p.add_argument("--n_drill", type=int, default=50_000,
-                   help="synthetic arithmetic drill documents added to the training split")
+    p.add_argument("--n_drill", type=int, default=0,
+                   help="synthetic arithmetic drill documents added to the training split (see README)")
     p.add_argument("--n_val", type=int, default=2_000, help="synthetic validation problems")
     p.add_argument("--n_test", type=int, default=1_000, help="synthetic test problems (distinct questions)")
     p.add_argument("--val_percent", type=int, default=5, help="share of questions hashed to val")

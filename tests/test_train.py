@@ -53,7 +53,7 @@ def test_torchrun_with_two_processes_matches_one_process(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--data_dir", "/nonexistent"], "no train data at /nonexistent/train.bin"),
+    (["--data_dir", "/nonexistent"], "no tokenizer at /nonexistent/tokenizer.json: run `python data/prepare.py`"),
     (["--resume", "--out", "/nonexistent/t.pt"], "no checkpoint at /nonexistent/t.pt"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "tpu"], "--device"),
 ])
@@ -74,7 +74,7 @@ def test_bench_writes_the_promised_rows(tiny_data, tmp_path):
     train(tiny_data, tmp_path / "teacher.pt", "--max_iters", "20")
     train(tiny_data, tmp_path / "draft.pt", "--max_iters", "5", "--kind", "draft")
     r = run_script("bench.py", "--teacher", str(tmp_path / "teacher.pt"), "--draft", str(tmp_path / "draft.pt"),
-                   "--n", "4", "--n_uncached", "2", "--max_new_tokens", "20", "--device", "cpu",
+                   "--student", str(tmp_path / "no_student.pt"), "--n", "4", "--n_uncached", "2", "--max_new_tokens", "20", "--device", "cpu",
                    "--out_dir", str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.load(open(tmp_path / "out" / "bench.json"))
@@ -85,3 +85,9 @@ def test_bench_writes_the_promised_rows(tiny_data, tmp_path):
         assert row["tokens_per_forward"] == 1.0 and row["tokens_per_second"] > 0
     assert "| teacher | ntp greedy |" in (tmp_path / "out" / "bench.md").read_text()
     assert json.loads(r.stdout.strip().splitlines()[-1]) == rows  # the last line is the JSON
+
+
+def test_a_data_dir_without_token_files_is_named(tiny_data, tmp_path):
+    (tmp_path / "tokenizer.json").write_bytes((tiny_data / "tokenizer.json").read_bytes())
+    r = run_script("train_ntp.py", "--data_dir", str(tmp_path), *TINY)
+    assert r.returncode != 0 and f"no train data at {tmp_path}/train.bin" in r.stderr and "Traceback" not in r.stderr
