@@ -15,7 +15,7 @@ demo: install out/bench.json
 	@cat out/bench.md
 
 install:
-	@$(PYTHON) -c "import torch, numpy, tiktoken, tqdm, pytest" 2>/dev/null || $(PYTHON) -m pip install -r requirements.txt
+	@$(PYTHON) -c "import torch, numpy, tiktoken, tqdm, pytest, matplotlib" 2>/dev/null || $(PYTHON) -m pip install -r requirements.txt
 
 $(DATA)/train.bin: data/prepare.py data/problems.py data/tokenizer.py
 	$(PYTHON) data/prepare.py --out_dir $(DATA)

@@ -1,14 +1,20 @@
 """
-Measure decoding strategies side by side on held-out test problems.
+Every decoding strategy side by side, on the same held-out problems, in the same run.
 
-    python bench.py                      # teacher, draft and student, 500 test problems
-    python bench.py --n 100 --device cuda
+    python bench.py                                   # everything found in out/, 400 test problems
+    python bench.py --n 100 --strategies ntp,confadapt,speculative --device cuda
 
-For every model x strategy: exact-match accuracy on the '####' answer, tokens per forward
-pass, wall-clock tokens/s, and the speed-up over the teacher's cached greedy NTP. The
-strategies run interleaved, problem by problem, so a slow patch of the machine slows all of
-them alike instead of deciding the ranking. Writes out/bench.json (a list of rows) and
-out/bench.md, prints the table, then the rows as one JSON line.
+Rows: the teacher's cached NTP greedy (the baseline; and without the cache), the draft
+model, the student at static k = 1..5 and ConfAdapt over a tau sweep, speculative decoding
+(draft -> teacher, several gamma), self-speculative decoding (the student verifies its own
+mask drafts) and MTP-drafted speculative decoding (student drafts -> teacher verifies).
+For each: exact-match accuracy on the '####' answer, tokens per forward pass of the model
+that decides the output, accepted drafts per step, draft passes, wall-clock tokens/s, the
+speed-up over the baseline, and for lossless strategies the share of problems whose output
+is token-for-token their reference's. The strategies run interleaved, problem by problem,
+so a slow patch of the machine slows all of them alike instead of deciding the ranking.
+Writes out/bench.json (a list of rows), out/bench.md and out/pareto.png, prints the table,
+then the rows as one JSON line.
 """
 import argparse
 import json
@@ -21,7 +27,8 @@ from tqdm import tqdm
 
 from data.problems import final_answer, format_prompt
 from data.tokenizer import EOT
-from decode import generate_mtp, generate_ntp, load_for_decoding
+from decode import (check_same_tokenizer, generate_mtp, generate_mtp_speculative, generate_ntp,
+                    generate_self_speculative, generate_speculative, load_for_decoding)
 from model import UserError, pick_device
 
 
@@ -35,46 +42,119 @@ def load_problems(path, n):
     return problems[:n]
 
 
-def run_bench(strategies, problems, enc, desc="bench"):
+def run_bench(strategies, problems, enc):
     """Run every strategy on each problem in turn. A strategy is a dict with `model`, `strategy`,
-    `n` (how many of the problems it runs on) and `decode` (prompt ids -> Generation)."""
+    `n` (how many of the problems it runs on), `decode` (prompt ids -> Generation) and optionally
+    `reference` (the `model/strategy` whose output it promises to reproduce token for token).
+    The first strategy is the baseline of the speed-ups."""
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
     for s in strategies:  # warm-up: the first call pays for allocations, not decoding
         s["decode"](enc.encode_ordinary(format_prompt(problems[0]["question"])))
-        s.update(correct=0, done=0, tokens=0, seconds=0.0, tpf=0.0)
-    bar = tqdm(problems, desc=desc, dynamic_ncols=True)
-    for i, problem in enumerate(bar):
+        s.update(correct=0, tokens=0, seconds=0.0, tpf=0.0, forwards=0, draft_forwards=0, outputs=[],
+                 steps=0, accepted=0, proposed_at=[], accepted_at=[])
+    bars = [tqdm(total=s["n"], desc=f"{s['model']} {s['strategy']}"[:36].ljust(36), position=i, leave=True,
+                 dynamic_ncols=True, mininterval=1.0) for i, s in enumerate(strategies)]
+    for i, problem in enumerate(problems):
         prompt_ids = enc.encode_ordinary(format_prompt(problem["question"]))
         expected = final_answer(problem["answer"])
-        for s in strategies:
+        for s, bar in zip(strategies, bars):
             if i >= s["n"]:
                 continue
             t0 = time.perf_counter()
             gen = s["decode"](prompt_ids)
             s["seconds"] += time.perf_counter() - t0
-            text = enc.decode([t for t in gen.tokens if t != eos_id])
-            s["correct"] += final_answer(text) == expected
-            s["done"] += 1
+            s["correct"] += final_answer(enc.decode([t for t in gen.tokens if t != eos_id])) == expected
+            s["outputs"].append(gen.tokens)
             s["tokens"] += len(gen.tokens)
             s["tpf"] += gen.tokens_per_forward  # averaged per generation, as the paper does
-        bar.set_postfix({f"{s['model']}/{s['strategy']}": f"{100 * s['correct'] / max(1, s['done']):.0f}%"
-                         for s in strategies[:3]})
-    rows = [{"model": s["model"], "strategy": s["strategy"], "n": s["done"],
-             "accuracy": round(100 * s["correct"] / s["done"], 1),
-             "tokens_per_forward": round(s["tpf"] / s["done"], 2),
-             "tokens_per_second": round(s["tokens"] / s["seconds"], 1)} for s in strategies]
-    base = rows[0]["tokens_per_second"]  # the first strategy is the baseline
+            s["forwards"] += gen.n_forward
+            s["draft_forwards"] += gen.n_draft_forward
+            for drafted, accepted in zip(gen.drafted, gen.accepted):  # speculative strategies only
+                s["steps"] += 1
+                s["accepted"] += accepted
+                for j in range(drafted):  # acceptance by draft position: drafts past a rejection count as rejected
+                    if j == len(s["proposed_at"]):
+                        s["proposed_at"].append(0)
+                        s["accepted_at"].append(0)
+                    s["proposed_at"][j] += 1
+                    s["accepted_at"][j] += j < accepted
+            bar.update()
+            bar.set_postfix(accuracy=f"{100 * s['correct'] / len(s['outputs']):.1f}%", refresh=False)
+    for bar in bars:
+        bar.close()
+
+    outputs = {f"{s['model']}/{s['strategy']}": s["outputs"] for s in strategies}
+    rows = []
+    for s in strategies:
+        done = len(s["outputs"])
+        row = {"model": s["model"], "strategy": s["strategy"], "family": s.get("family", s["strategy"]),
+               "n": done, "accuracy": round(100 * s["correct"] / done, 1),
+               "tokens_per_forward": round(s["tpf"] / done, 2),
+               "forwards": round(s["forwards"] / done, 1), "draft_forwards": round(s["draft_forwards"] / done, 1),
+               "accepted_per_step": round(s["accepted"] / s["steps"], 2) if s["steps"] else None,
+               "acceptance_by_position": [round(a / p, 3) for a, p in zip(s["accepted_at"], s["proposed_at"])],
+               "tokens_per_second": round(s["tokens"] / s["seconds"], 1), "identical": None}
+        reference = outputs.get(s.get("reference"))
+        if reference is not None:  # lossless strategies: the share of outputs equal to their reference
+            row["identical"] = round(100 * sum(a == b for a, b in zip(s["outputs"], reference)) / done, 1)
+        rows.append(row)
+    base = rows[0]["tokens_per_second"]
     for r in rows:
         r["speedup"] = round(r["tokens_per_second"] / base, 2)
     return rows
 
 
 def markdown_table(rows):
-    cols = ["model", "strategy", "n", "accuracy", "tokens_per_forward", "tokens_per_second", "speedup"]
-    head = ["model", "strategy", "problems", "accuracy %", "tokens/forward", "tokens/s", "speed-up"]
+    cols = ["model", "strategy", "n", "accuracy", "tokens_per_forward", "accepted_per_step", "draft_forwards",
+            "tokens_per_second", "speedup", "identical"]
+    head = ["model", "strategy", "problems", "accuracy %", "tokens/forward", "accepted drafts/step",
+            "draft passes/problem", "tokens/s", "speed-up", "identical to reference %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    for r in rows:
+        cells = {**r, "draft_forwards": r["draft_forwards"] or None}
+        lines.append("| " + " | ".join("" if cells[c] is None else str(cells[c]) for c in cols) + " |")
     return "\n".join(lines)
+
+
+FAMILY_STYLE = {  # how each family is drawn in the Pareto picture
+    "ntp": ("black", "o"), "static k": ("tab:red", "s"), "ConfAdapt": ("tab:blue", "D"),
+    "speculative": ("tab:green", "^"), "self-speculative": ("tab:purple", "v"),
+    "MTP-drafted speculative": ("tab:orange", "P"),
+}
+
+
+def pareto_plot(rows, path, title):
+    """Accuracy against acceleration, one marker per row, like the paper's figure 5: left by
+    tokens per forward pass (the paper's x-axis), right by measured wall-clock speed-up."""
+    import matplotlib
+    matplotlib.use("Agg")  # no screen needed
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    for ax, x, label in ((axes[0], "tokens_per_forward", "tokens per forward pass (of the model that decides)"),
+                         (axes[1], "speedup", "wall-clock speed-up over teacher NTP greedy")):
+        for family, (color, marker) in FAMILY_STYLE.items():
+            fam = [r for r in rows if r["family"] == family and r["strategy"] != "ntp greedy, no cache"]
+            if not fam:
+                continue
+            if family in ("static k", "ConfAdapt"):  # a curve: the same model as k or tau moves
+                ax.plot([r[x] for r in fam], [r["accuracy"] for r in fam], color=color, alpha=0.4)
+            ax.scatter([r[x] for r in fam], [r["accuracy"] for r in fam], color=color, marker=marker, label=family)
+            for r in fam:
+                tag = r["model"] if family == "ntp" else r["strategy"].split(" ")[-1]  # k=3, tau=0.9, gamma=2
+                ax.annotate(tag.replace("tau=", "").replace("gamma", "γ"), (r[x], r["accuracy"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points", color=color)
+        ax.axvline(1.0, color="grey", lw=0.5)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy on held-out problems (%)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+STRATEGIES = ["ntp", "no_cache", "draft", "static", "confadapt", "speculative", "self_speculative", "mtp_speculative"]
 
 
 def main():
@@ -82,10 +162,15 @@ def main():
     p.add_argument("--teacher", default="out/teacher.pt")
     p.add_argument("--draft", default="out/draft.pt", help="measured too if the file exists")
     p.add_argument("--student", default="out/student.pt", help="measured too if the file exists")
-    p.add_argument("--static_k", default="1,2,3,4,5", help="student: static k values")
+    p.add_argument("--strategies", default=",".join(STRATEGIES),
+                   help="which families to run (the teacher's cached NTP greedy always runs: it is the baseline)")
+    p.add_argument("--static_k", default="1,2,3,4,5", help="student: static k values (k=1 is the student's NTP)")
     p.add_argument("--taus", default="0.6,0.7,0.8,0.9,0.95,0.99,0.995", help="student: ConfAdapt thresholds")
+    p.add_argument("--gammas", default="2,4", help="speculative: draft tokens per step")
+    p.add_argument("--self_k", default="4", help="self-speculative: positions read per pass")
+    p.add_argument("--mtp_k", default="4", help="MTP-drafted speculative: tokens the student drafts per pass")
     p.add_argument("--test", default=None, help="test.jsonl (default: next to the teacher's tokenizer)")
-    p.add_argument("--n", type=int, default=500, help="test problems")
+    p.add_argument("--n", type=int, default=400, help="test problems (400: the default run fits in 10 CPU minutes)")
     p.add_argument("--n_uncached", type=int, default=50, help="problems for the slow no-cache row")
     p.add_argument("--max_new_tokens", type=int, default=160)
     p.add_argument("--device", default="auto")
@@ -93,44 +178,91 @@ def main():
     args = p.parse_args()
     if args.n < 1 or args.n_uncached < 0:
         raise UserError("--n must be >= 1 and --n_uncached >= 0")
+    chosen = args.strategies.split(",")
+    unknown = sorted(set(chosen) - set(STRATEGIES))
+    if unknown:
+        raise UserError(f"unknown strategies {', '.join(unknown)}: choose from {', '.join(STRATEGIES)}")
+
+    def ints(text, flag):
+        try:
+            values = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise UserError(f"{flag} takes comma-separated integers, got {text!r}") from None
+        if min(values) < 1:
+            raise UserError(f"{flag} values must be >= 1, got {text!r}")
+        return values
 
     device = pick_device(args.device)
     torch.manual_seed(0)
     teacher, enc, ckpt = load_for_decoding(args.teacher, device, kinds=("teacher",))
     test_path = args.test or os.path.join(os.path.dirname(ckpt["tokenizer"]), "test.jsonl")
     problems = load_problems(test_path, args.n)
-    eos_id = enc.encode(EOT, allowed_special={EOT})[0]
+    n = len(problems)
+    common = dict(max_new_tokens=args.max_new_tokens, eos_id=enc.encode(EOT, allowed_special={EOT})[0],
+                  n_vocab=enc.n_vocab)
+    TEACHER = "teacher/ntp greedy"  # the reference of the lossless strategies that verify with the teacher
 
-    def ntp(model, use_cache):
-        return lambda ids: generate_ntp(model, ids, args.max_new_tokens, eos_id, enc.n_vocab, use_cache=use_cache)
+    def row(model, strategy, family, decode, reference=None, n=n):
+        return dict(model=model, strategy=strategy, family=family, n=n, decode=decode, reference=reference)
 
-    strategies = [dict(model="teacher", strategy="ntp greedy", n=len(problems), decode=ntp(teacher, True)),
-                  dict(model="teacher", strategy="ntp greedy, no cache", n=args.n_uncached,
-                       decode=ntp(teacher, False))]
-    if os.path.exists(args.draft):
-        draft, _, _ = load_for_decoding(args.draft, device, kinds=("draft",))
-        strategies.append(dict(model="draft", strategy="ntp greedy", n=len(problems), decode=ntp(draft, True)))
-    if os.path.exists(args.student):
+    strategies = [row("teacher", "ntp greedy", "ntp", lambda ids: generate_ntp(teacher, ids, **common))]
+    if "no_cache" in chosen and args.n_uncached:
+        strategies.append(row("teacher", "ntp greedy, no cache", "ntp", reference=TEACHER, n=min(n, args.n_uncached),
+                              decode=lambda ids: generate_ntp(teacher, ids, use_cache=False, **common)))
+    draft = student = None
+    if os.path.exists(args.draft) and {"draft", "speculative"} & set(chosen):
+        draft, _, dckpt = load_for_decoding(args.draft, device, kinds=("draft",))
+        check_same_tokenizer(ckpt, dckpt, args.teacher, args.draft)
+    if os.path.exists(args.student) and {"static", "confadapt", "self_speculative", "mtp_speculative"} & set(chosen):
         student, _, sckpt = load_for_decoding(args.student, device, kinds=("student",))
+        check_same_tokenizer(ckpt, sckpt, args.teacher, args.student)
+        mask_id = sckpt["mask_id"]
+    if draft is not None and "draft" in chosen:
+        strategies.append(row("draft", "ntp greedy", "ntp", lambda ids: generate_ntp(draft, ids, **common)))
+    if student is not None:
+        static_k = ints(args.static_k, "--static_k") if "static" in chosen else []
+        for k in static_k:
+            strategies.append(row("student", f"static k={k}", "static k", lambda ids, k=k: generate_mtp(
+                student, ids, mask_id=mask_id, k=k, **common)))
+        for tau in [float(v) for v in args.taus.split(",")] if "confadapt" in chosen else []:
+            strategies.append(row("student", f"ConfAdapt tau={tau}", "ConfAdapt", lambda ids, tau=tau: generate_mtp(
+                student, ids, mask_id=mask_id, k=sckpt["k_max"], tau=tau, **common)))
+        if "self_speculative" in chosen:
+            if 1 not in static_k:  # its reference: the student's own k=1 greedy output
+                strategies.append(row("student", "static k=1", "static k", lambda ids: generate_mtp(
+                    student, ids, mask_id=mask_id, k=1, **common)))
+            for k in ints(args.self_k, "--self_k"):
+                strategies.append(row("student", f"self-speculative k={k}", "self-speculative",
+                                      lambda ids, k=k: generate_self_speculative(student, ids, mask_id=mask_id, k=k,
+                                                                                 **common),
+                                      reference="student/static k=1"))
+    if draft is not None and "speculative" in chosen:
+        for gamma in ints(args.gammas, "--gammas"):
+            strategies.append(row("teacher + draft", f"speculative gamma={gamma}", "speculative",
+                                  lambda ids, g=gamma: generate_speculative(teacher, draft, ids, gamma=g, **common),
+                                  reference=TEACHER))
+    if student is not None and "mtp_speculative" in chosen:
+        for k in ints(args.mtp_k, "--mtp_k"):
+            strategies.append(row("teacher + student", f"MTP-drafted speculative k={k}", "MTP-drafted speculative",
+                                  lambda ids, k=k: generate_mtp_speculative(teacher, student, ids, mask_id=mask_id,
+                                                                            k=k, **common),
+                                  reference=TEACHER))
+    print(f"benchmarking {len(strategies)} strategies on {n} problems from {test_path} on {device}, "
+          f"interleaved problem by problem")
 
-        def mtp(k, tau=None):
-            return lambda ids: generate_mtp(student, ids, args.max_new_tokens, eos_id, enc.n_vocab,
-                                            sckpt["mask_id"], k, tau)
-        for k in [int(v) for v in args.static_k.split(",")]:
-            strategies.append(dict(model="student", strategy=f"static k={k}", n=len(problems), decode=mtp(k)))
-        for tau in [float(v) for v in args.taus.split(",")]:
-            strategies.append(dict(model="student", strategy=f"ConfAdapt tau={tau}", n=len(problems),
-                                   decode=mtp(sckpt["k_max"], tau)))
-    print(f"benchmarking {len(strategies)} strategies on {len(problems)} problems from {test_path} on {device}")
-
-    rows = run_bench([s for s in strategies if s["n"] > 0], problems, enc)
+    t0 = time.time()
+    rows = run_bench(strategies, problems, enc)
+    minutes = (time.time() - t0) / 60
     os.makedirs(args.out_dir, exist_ok=True)
     table = markdown_table(rows)
+    command = "python bench.py " + " ".join(sys.argv[1:])
     with open(os.path.join(args.out_dir, "bench.json"), "w") as f:
         json.dump(rows, f, indent=1)
     with open(os.path.join(args.out_dir, "bench.md"), "w") as f:
-        f.write(f"Measured on {device} with `python bench.py --n {args.n}`.\n\n{table}\n")
+        f.write(f"Measured on {device} with `{command.strip()}` ({minutes:.1f} min).\n\n{table}\n")
+    pareto_plot(rows, os.path.join(args.out_dir, "pareto.png"), f"{n} held-out problems, {device}, batch 1")
     print("\n" + table + "\n")
+    print(f"{minutes:.1f} min; wrote {args.out_dir}/bench.json, bench.md, pareto.png")
     print(json.dumps(rows))
 
 

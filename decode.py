@@ -24,27 +24,46 @@ from model import KVCache, UserError, load_checkpoint, model_from_checkpoint, pi
 
 @dataclass
 class Generation:
-    tokens: list                                 # new tokens (prompt excluded), ending at EOS if one came
-    n_forward: int = 0                           # forward passes of the model
-    chunks: list = field(default_factory=list)   # tokens emitted by each forward pass
+    tokens: list                                  # new tokens (prompt excluded), ending at EOS if one came
+    n_forward: int = 0                            # passes of the model whose output this is
+    n_draft_forward: int = 0                      # passes of a model that only proposes drafts
+    chunks: list = field(default_factory=list)    # tokens emitted by each step
+    drafted: list = field(default_factory=list)   # speculative strategies: drafts proposed at each step
+    accepted: list = field(default_factory=list)  # ... and how many of them (a leading run) were accepted
 
     @property
     def tokens_per_forward(self):
+        """The paper's acceleration factor: tokens per pass of the model whose output this is."""
         return len(self.tokens) / max(1, self.n_forward)
+
+    def emit(self, chunk, eos_id, max_new_tokens, drafted=None, accepted=None):
+        """Append one step's tokens, cut at EOS and at max_new_tokens. True when the generation is over."""
+        chunk = chunk[:max_new_tokens - len(self.tokens)]
+        if eos_id in chunk:
+            chunk = chunk[:chunk.index(eos_id) + 1]
+        self.tokens += chunk
+        self.chunks.append(len(chunk))
+        if drafted is not None:
+            self.drafted.append(drafted)
+            self.accepted.append(accepted)
+        return chunk[-1] == eos_id or len(self.tokens) >= max_new_tokens
+
+
+def token_probs(logits, temperature, top_k, n_vocab):
+    """The sampling distribution (..., n_vocab): softmax(logits / temperature) over the top_k
+    tokens. Ids from n_vocab on are padding slots (and the <MTP> mask): never emitted."""
+    logits = logits[..., :n_vocab].float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, n_vocab), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.softmax(logits, dim=-1)
 
 
 def pick_token(logits, temperature, top_k, n_vocab, generator=None):
-    """The next token from (vocab_size,) logits: argmax at temperature 0, else a sample.
-    Ids from n_vocab on are padding slots (and later the <MTP> mask): never emitted."""
-    logits = logits[:n_vocab]
+    """The next token from (vocab_size,) logits: argmax at temperature 0, else a sample."""
     if temperature == 0:
-        return int(torch.argmax(logits))
-    logits = logits / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits.float(), dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+        return int(torch.argmax(logits[:n_vocab]))
+    return int(torch.multinomial(token_probs(logits, temperature, top_k, n_vocab), 1, generator=generator))
 
 
 def check_prompt(prompt_ids, model):
@@ -55,27 +74,72 @@ def check_prompt(prompt_ids, model):
                         f"{model.config.block_size}: shorten the prompt")
 
 
+def forward_new(model, cache, seq, extra=()):
+    """The one piece of KV-cache logic every strategy shares. The cache always holds the
+    keys/values of a prefix of `seq` (the accepted tokens); feed the rest of `seq`, then
+    `extra` (drafts or <MTP> masks). Returns the logits of the last len(extra) + 1 positions,
+    (len(extra) + 1, vocab_size): row j predicts the token after seq + extra[:j].
+    Rolling back rejected drafts or stale masks is then just `cache.truncate(...)`."""
+    idx = torch.tensor([seq[cache.length:] + list(extra)], device=cache.k.device)
+    logits, _ = model(idx, cache=cache)
+    return logits[0, -(len(extra) + 1):]
+
+
+def new_cache(model):
+    return KVCache(model.config, 1, model.lm_head.weight.device, model.lm_head.weight.dtype)
+
+
+def accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, generator=None):
+    """Verify drafts with the target's logits (len(drafts) + 1, vocab_size), row j being the
+    target's prediction after the drafts before j. Returns (accepted, next_token): how many
+    leading drafts stand, and the target's own token after them (a correction, or a bonus
+    token when all were accepted).
+    Greedy: a draft stands if it is the target's argmax, so the output is the target's
+    greedy output. Sampling (Leviathan et al. 2023, Alg. 1): draft d, drawn from q, stands
+    with probability min(1, p(d) / q(d)); at the first rejection the token is drawn from
+    norm(max(0, p - q)). Every emitted token is then distributed exactly as p."""
+    if temperature == 0:
+        target = logits[:, :n_vocab].argmax(-1).tolist()
+        n = 0
+        while n < len(drafts) and drafts[n] == target[n]:
+            n += 1
+        return n, target[n]
+    p = token_probs(logits, temperature, top_k, n_vocab)  # (len(drafts) + 1, n_vocab)
+    for j, (d, q) in enumerate(zip(drafts, draft_probs)):
+        if torch.rand((), device=p.device, generator=generator) * q[d] < p[j, d]:  # r < p(d) / q(d)
+            continue
+        residual = (p[j] - q).clamp(min=0)
+        residual = residual if residual.sum() > 0 else p[j]  # p == q up to rounding: nothing to correct
+        return j, int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
+    return len(drafts), int(torch.multinomial(p[-1], 1, generator=generator))
+
+
 @torch.no_grad()
 def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature=0.0, top_k=None,
                  use_cache=True, generator=None):
     """Next-token prediction: one token per forward pass, until EOS, max_new_tokens or a full context."""
     check_prompt(prompt_ids, model)
     device = model.lm_head.weight.device
-    seq = torch.tensor([prompt_ids], device=device)  # (1, T)
-    cache = KVCache(model.config, 1, device, model.lm_head.weight.dtype) if use_cache else None
-    out = Generation(tokens=[])
-    feed = seq  # what the next forward reads: the whole prompt first, then one token at a time
-    while len(out.tokens) < max_new_tokens and seq.size(1) < model.config.block_size:
-        logits, _ = model(feed if use_cache else seq, cache=cache)  # (1, T, vocab_size)
+    cache = new_cache(model) if use_cache else None
+    out, seq = Generation(tokens=[]), list(prompt_ids)
+    while len(seq) < model.config.block_size:
+        if use_cache:
+            logits = forward_new(model, cache, seq)[-1]  # feeds only the tokens the cache has not seen
+        else:
+            logits = model(torch.tensor([seq], device=device))[0][0, -1]  # re-reads the whole sequence
         out.n_forward += 1
-        token = pick_token(logits[0, -1], temperature, top_k, n_vocab, generator)
-        out.tokens.append(token)
-        out.chunks.append(1)
-        if token == eos_id:
+        token = pick_token(logits, temperature, top_k, n_vocab, generator)
+        if out.emit([token], eos_id, max_new_tokens):
             break
-        feed = torch.tensor([[token]], device=device)
-        seq = torch.cat([seq, feed], dim=1)
+        seq.append(token)
     return out
+
+
+def check_k(k, model, name="k"):
+    if k < 1:
+        raise UserError(f"{name} must be >= 1, got {k}")
+    if k >= model.config.block_size:
+        raise UserError(f"{name}={k} does not fit the model's context of {model.config.block_size} tokens")
 
 
 @torch.no_grad()
@@ -89,37 +153,118 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
     The masks' cache entries are stale once their tokens are known, so the cache is cut back
     to the last real token; the accepted tokens are fed as real tokens on the next pass."""
     check_prompt(prompt_ids, model)
-    if k < 1:
-        raise UserError(f"k must be >= 1, got {k}")
+    check_k(k, model)
     if tau is not None and not 0 < tau <= 1:
         raise UserError(f"tau must be in (0, 1], got {tau}")
-    device = model.lm_head.weight.device
-    cache = KVCache(model.config, 1, device, model.lm_head.weight.dtype)
-    out = Generation(tokens=[])
-    feed = list(prompt_ids)
-    while len(out.tokens) < max_new_tokens:
-        room = model.config.block_size - cache.length - len(feed)  # slots left for masks
-        if room < 0:
-            break
-        n_masks = min(k - 1, room)
-        idx = torch.tensor([feed + [mask_id] * n_masks], device=device)  # (1, len(feed) + n_masks)
-        logits, _ = model(idx, cache=cache)
+    cache = new_cache(model)
+    out, seq = Generation(tokens=[]), list(prompt_ids)
+    while len(seq) < model.config.block_size:
+        n_masks = min(k, model.config.block_size - len(seq)) - 1  # emitted tokens stay inside the context
+        logits = forward_new(model, cache, seq, [mask_id] * n_masks)  # (n_masks + 1, vocab_size)
         out.n_forward += 1
-        cache.truncate(cache.length - n_masks)             # forget the masks' keys/values
-        probs = torch.softmax(logits[0, -(n_masks + 1):, :n_vocab].float(), dim=-1)  # (n_masks + 1, n_vocab)
-        confidence, tokens = probs.max(dim=-1)
+        cache.truncate(len(seq))  # forget the masks' keys/values
+        confidence, tokens = torch.softmax(logits[:, :n_vocab].float(), dim=-1).max(dim=-1)  # (n_masks + 1,)
         n_emit = n_masks + 1
         if tau is not None:  # ConfAdapt: stop before the first position below tau
             below = (confidence < tau).nonzero()
             n_emit = max(1, int(below[0]) if len(below) else n_emit)
-        chunk = tokens[:n_emit].tolist()[:max_new_tokens - len(out.tokens)]
-        if eos_id in chunk:
-            chunk = chunk[:chunk.index(eos_id) + 1]
-        out.tokens += chunk
-        out.chunks.append(len(chunk))
-        if chunk[-1] == eos_id or cache.length + len(chunk) >= model.config.block_size:
+        chunk = tokens[:n_emit].tolist()
+        if out.emit(chunk, eos_id, max_new_tokens):
             break
-        feed = chunk
+        seq += chunk
+    return out
+
+
+@torch.no_grad()
+def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vocab, gamma, temperature=0.0,
+                         top_k=None, generator=None):
+    """Speculative decoding (Leviathan et al. 2023): the small draft model proposes gamma tokens
+    one pass each, the target verifies all of them in one pass (accept_drafts). Lossless: at
+    temperature 0 the output is the target's greedy output, above it the target's distribution.
+    Both caches hold a prefix of the accepted sequence; rejected drafts are cut off."""
+    check_prompt(prompt_ids, target)
+    check_k(gamma, target, "gamma")
+    if draft.config.block_size < target.config.block_size:
+        raise UserError("the draft model's context is shorter than the target's: train it with the same block_size")
+    t_cache, d_cache = new_cache(target), new_cache(draft)
+    out, seq = Generation(tokens=[]), list(prompt_ids)
+    while len(seq) < target.config.block_size:
+        g = min(gamma, target.config.block_size - len(seq) - 1, max_new_tokens - len(out.tokens) - 1)
+        drafts, draft_probs = [], []
+        for _ in range(g):
+            logits = forward_new(draft, d_cache, seq + drafts)[-1]
+            out.n_draft_forward += 1
+            q = token_probs(logits, temperature, top_k, n_vocab) if temperature > 0 else None  # (n_vocab,)
+            drafts.append(int(torch.multinomial(q, 1, generator=generator)) if temperature > 0
+                          else int(torch.argmax(logits[:n_vocab])))
+            draft_probs.append(q)
+        logits = forward_new(target, t_cache, seq, drafts)  # (g + 1, vocab_size): all drafts in one pass
+        out.n_forward += 1
+        n, token = accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, generator)
+        t_cache.truncate(len(seq) + n)                       # roll back the rejected drafts
+        d_cache.truncate(min(d_cache.length, len(seq) + n))
+        chunk = drafts[:n] + [token]
+        if out.emit(chunk, eos_id, max_new_tokens, drafted=g, accepted=n):
+            break
+        seq += chunk
+    return out
+
+
+@torch.no_grad()
+def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k):
+    """Self-speculative MTP (blockwise parallel decoding, Stern et al. 2018; the paper's future
+    work iii). One pass of the student feeds: the new real tokens, the drafts its masks made
+    last pass, and k-1 fresh masks. Its next-token predictions at the real and draft positions
+    verify the drafts (greedy acceptance); if all stand, the masks, which sit after the last
+    draft, are the next drafts. Lossless: the output is the student's own k=1 greedy output."""
+    check_prompt(prompt_ids, model)
+    check_k(k, model)
+    cache = new_cache(model)
+    out, seq, drafts = Generation(tokens=[]), list(prompt_ids), []
+    while len(seq) < model.config.block_size:
+        room = min(model.config.block_size - len(seq), max_new_tokens - len(out.tokens)) - 1  # drafts + masks
+        drafts = drafts[:room]
+        n_masks = min(k - 1, room - len(drafts))
+        logits = forward_new(model, cache, seq, drafts + [mask_id] * n_masks)  # (len(drafts) + n_masks + 1, V)
+        out.n_forward += 1
+        n, token = accept_drafts(logits[:len(drafts) + 1], drafts, None, 0, None, n_vocab)
+        cache.truncate(len(seq) + n)  # keep the accepted drafts, forget rejected ones and the masks
+        chunk = drafts[:n] + [token]
+        done = out.emit(chunk, eos_id, max_new_tokens, drafted=len(drafts), accepted=n)
+        # The masks predicted what follows token 1 after the last draft, i.e. after `token`;
+        # that holds only if every draft stood. Otherwise the next pass drafts afresh.
+        drafts = logits[len(drafts) + 1:, :n_vocab].argmax(-1).tolist() if n == len(drafts) else []
+        if done:
+            break
+        seq += chunk
+    return out
+
+
+@torch.no_grad()
+def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k):
+    """MTP-drafted speculative decoding: the student drafts k tokens in ONE pass (its last real
+    token and k-1 masks), the teacher verifies them in one pass. Lossless: the output is the
+    teacher's greedy output; the student only decides how many passes it takes."""
+    check_prompt(prompt_ids, target)
+    check_k(k, target)
+    t_cache, s_cache = new_cache(target), new_cache(student)
+    out, seq = Generation(tokens=[]), list(prompt_ids)
+    while len(seq) < target.config.block_size:
+        g = min(k, target.config.block_size - len(seq) - 1, max_new_tokens - len(out.tokens) - 1)
+        drafts = []
+        if g > 0:
+            s_logits = forward_new(student, s_cache, seq, [mask_id] * (g - 1))  # (g, vocab_size)
+            out.n_draft_forward += 1
+            s_cache.truncate(len(seq))  # the masks are stale
+            drafts = s_logits[:, :n_vocab].argmax(-1).tolist()
+        logits = forward_new(target, t_cache, seq, drafts)  # (g + 1, vocab_size)
+        out.n_forward += 1
+        n, token = accept_drafts(logits, drafts, None, 0, None, n_vocab)
+        t_cache.truncate(len(seq) + n)
+        chunk = drafts[:n] + [token]
+        if out.emit(chunk, eos_id, max_new_tokens, drafted=g, accepted=n):
+            break
+        seq += chunk
     return out
 
 
@@ -127,6 +272,27 @@ def load_for_decoding(path, device, kinds=("teacher", "draft", "student")):
     """(model, tokenizer, checkpoint dict) of a checkpoint, ready to decode."""
     ckpt = load_checkpoint(path, kinds=kinds, device=device)
     return model_from_checkpoint(ckpt, device), tokenizer_from_checkpoint(ckpt), ckpt
+
+
+def check_same_tokenizer(ckpt, other, path, other_path):
+    if ckpt["tokenizer_md5"] != other["tokenizer_md5"]:
+        raise UserError(f"{other_path} and {path} were trained with different tokenizers: "
+                        f"a draft must speak the target's vocabulary")
+
+
+def show_chunks(enc, out, eos_id):
+    """Each step's tokens in brackets, then how many. Speculative steps show the accepted
+    drafts, a '|', then the verifying model's own token: [drafts|token]n."""
+    pieces, start = [], 0
+    for step, size in enumerate(out.chunks):
+        chunk = [t for t in out.tokens[start:start + size] if t != eos_id]
+        if out.drafted:
+            n = min(out.accepted[step], len(chunk))
+            pieces.append(f"[{enc.decode(chunk[:n])}|{enc.decode(chunk[n:])}]{size}")
+        else:
+            pieces.append(f"[{enc.decode(chunk)}]{size}")
+        start += size
+    return "".join(pieces)
 
 
 def main():
@@ -141,7 +307,12 @@ def main():
     p.add_argument("--k", type=int, default=None, help="student: positions read per pass (default: its k_max)")
     p.add_argument("--tau", type=float, default=0.9, help="student: ConfAdapt confidence threshold in (0, 1]")
     p.add_argument("--static", action="store_true", help="student: emit all k tokens of every pass")
-    p.add_argument("--show-chunks", action="store_true", help="mark the tokens of each forward pass")
+    p.add_argument("--self-speculative", action="store_true",
+                   help="student: draft with the masks, verify the drafts on the next pass (lossless)")
+    p.add_argument("--draft", default=None, help="teacher: speculative decoding with this draft checkpoint "
+                   "(a draft model; or a student, which drafts --k tokens in one pass)")
+    p.add_argument("--gamma", type=int, default=4, help="speculative: tokens the draft model proposes per step")
+    p.add_argument("--show-chunks", action="store_true", help="mark the tokens of each step")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--seed", type=int, default=1337)
     args = p.parse_args()
@@ -154,34 +325,48 @@ def main():
 
     device = pick_device(args.device)
     model, enc, ckpt = load_for_decoding(args.ckpt, device)
+    if args.draft and ckpt["kind"] != "teacher":
+        raise UserError(f"--draft needs a teacher as --ckpt, but {args.ckpt} is a {ckpt['kind']}")
+    if args.self_speculative and ckpt["kind"] != "student":
+        raise UserError(f"--self-speculative needs a student as --ckpt, but {args.ckpt} is a {ckpt['kind']}")
     text = args.prompt if args.raw else format_prompt(args.prompt.strip())
     prompt_ids = enc.encode_ordinary(text) if args.prompt.strip() else []
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
     generator = torch.Generator(device=device).manual_seed(args.seed)
+    common = dict(prompt_ids=prompt_ids, max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab)
 
     t0 = time.time()
-    if ckpt["kind"] == "student":
+    if args.draft:
+        drafter, _, dckpt = load_for_decoding(args.draft, device, kinds=("draft", "student"))
+        check_same_tokenizer(ckpt, dckpt, args.ckpt, args.draft)
+        if dckpt["kind"] == "student":
+            k = args.k or dckpt["k_max"]
+            out = generate_mtp_speculative(model, drafter, mask_id=dckpt["mask_id"], k=k, **common)
+            how = f"MTP-drafted speculative, student drafts k={k} per pass"
+        else:
+            out = generate_speculative(model, drafter, gamma=args.gamma, temperature=args.temperature,
+                                       top_k=args.top_k, generator=generator, **common)
+            how = f"speculative, gamma={args.gamma}, " + ("greedy" if args.temperature == 0 else
+                                                          f"temperature {args.temperature}")
+    elif ckpt["kind"] == "student":
         k = args.k or ckpt["k_max"]
-        out = generate_mtp(model, prompt_ids, args.max_new_tokens, eos_id, enc.n_vocab, ckpt["mask_id"], k,
-                           tau=None if args.static else args.tau)
-        how = f"static k={k}" if args.static else f"ConfAdapt tau={args.tau}, k_max={k}"
+        if args.self_speculative:
+            out = generate_self_speculative(model, mask_id=ckpt["mask_id"], k=k, **common)
+            how = f"self-speculative, k={k}"
+        else:
+            out = generate_mtp(model, mask_id=ckpt["mask_id"], k=k, tau=None if args.static else args.tau, **common)
+            how = f"static k={k}" if args.static else f"ConfAdapt tau={args.tau}, k_max={k}"
     else:
-        out = generate_ntp(model, prompt_ids, args.max_new_tokens, eos_id, enc.n_vocab, args.temperature,
-                           args.top_k, use_cache=not args.no_cache, generator=generator)
+        out = generate_ntp(model, temperature=args.temperature, top_k=args.top_k, use_cache=not args.no_cache,
+                           generator=generator, **common)
         how = "NTP " + ("greedy" if args.temperature == 0 else f"sampling at temperature {args.temperature}")
     elapsed = time.time() - t0
-    tokens = [t for t in out.tokens if t != eos_id]
-    if args.show_chunks:  # each forward pass's tokens in brackets, followed by how many there were
-        pieces, start = [], 0
-        for size in out.chunks:
-            chunk = [t for t in out.tokens[start:start + size] if t != eos_id]
-            pieces.append(f"[{enc.decode(chunk)}]{size}")
-            start += size
-        print(text + "".join(pieces))
-    else:
-        print(text + enc.decode(tokens))
+    print(text + (show_chunks(enc, out, eos_id) if args.show_chunks
+                  else enc.decode([t for t in out.tokens if t != eos_id])))
+    drafts = (f", {sum(out.accepted)}/{sum(out.drafted)} drafts accepted, {out.n_draft_forward} draft passes"
+              if out.drafted else "")
     print(f"\n[{how}: {len(out.tokens)} tokens in {out.n_forward} forward passes = "
-          f"{out.tokens_per_forward:.2f} tokens/forward (effective k), "
+          f"{out.tokens_per_forward:.2f} tokens/forward (effective k){drafts}, "
           f"{len(out.tokens) / elapsed:.0f} tokens/s on {device}]", file=sys.stderr)
 
 

@@ -1,5 +1,6 @@
 """The student: the mask token, the training layout, the critic loss, and MTP decoding."""
 import argparse
+import json
 
 import pytest
 import torch
@@ -203,3 +204,16 @@ def test_distillation_runs_resumes_and_decodes(tiny_data, tmp_path):
     assert "tokens/forward (effective k)" in r.stderr and "]" in r.stdout
     r = run_script("distill_mtp.py", "--teacher", str(tmp_path / "student.pt"))
     assert r.returncode != 0 and "is a student checkpoint, but a teacher" in r.stderr
+    for flags in (["--ckpt", str(tmp_path / "student.pt"), "--self-speculative"],
+                  ["--ckpt", str(tmp_path / "teacher.pt"), "--draft", str(tmp_path / "student.pt"), "--k", "3"]):
+        r = run_script("decode.py", *flags, "--prompt", "How many?", "--show-chunks", "--max_new_tokens", "12",
+                       "--device", "cpu")
+        assert r.returncode == 0 and "drafts accepted" in r.stderr, r.stderr[-2000:]
+    r = run_script("bench.py", "--teacher", str(tmp_path / "teacher.pt"), "--student", str(tmp_path / "student.pt"),
+                   "--draft", str(tmp_path / "none.pt"), "--n", "3", "--max_new_tokens", "20", "--device", "cpu",
+                   "--taus", "0.9", "--static_k", "1,2", "--out_dir", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {(row["model"], row["strategy"]): row for row in json.load(open(tmp_path / "out" / "bench.json"))}
+    assert {("student", "static k=2"), ("student", "ConfAdapt tau=0.9")} <= set(rows)
+    assert rows[("student", "self-speculative k=4")]["identical"] == 100.0  # == the student's k=1 output
+    assert rows[("teacher + student", "MTP-drafted speculative k=4")]["identical"] == 100.0  # == the teacher's

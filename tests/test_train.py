@@ -79,10 +79,14 @@ def test_bench_writes_the_promised_rows(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.load(open(tmp_path / "out" / "bench.json"))
     assert [(row["model"], row["strategy"]) for row in rows] == [
-        ("teacher", "ntp greedy"), ("teacher", "ntp greedy, no cache"), ("draft", "ntp greedy")]
+        ("teacher", "ntp greedy"), ("teacher", "ntp greedy, no cache"), ("draft", "ntp greedy"),
+        ("teacher + draft", "speculative gamma=2"), ("teacher + draft", "speculative gamma=4")]
     for row in rows:
-        assert {"model", "strategy", "accuracy", "tokens_per_forward", "tokens_per_second"} <= set(row)
-        assert row["tokens_per_forward"] == 1.0 and row["tokens_per_second"] > 0
+        assert {"model", "strategy", "accuracy", "tokens_per_forward", "tokens_per_second", "speedup"} <= set(row)
+        assert row["tokens_per_second"] > 0
+    assert all(row["tokens_per_forward"] == 1.0 for row in rows[:3])
+    assert rows[1]["identical"] == 100.0 and rows[3]["identical"] == rows[4]["identical"] == 100.0  # lossless
+    assert (tmp_path / "out" / "pareto.png").stat().st_size > 0
     assert "| teacher | ntp greedy |" in (tmp_path / "out" / "bench.md").read_text()
     assert json.loads(r.stdout.strip().splitlines()[-1]) == rows  # the last line is the JSON
 

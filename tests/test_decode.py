@@ -1,0 +1,140 @@
+"""Speculative, self-speculative and MTP-drafted decoding: lossless where they promise to be."""
+import pytest
+import torch
+
+from decode import (accept_drafts, generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative,
+                    generate_speculative, token_probs)
+from model import GPT, GPTConfig, UserError, add_mask_token
+
+N_VOCAB, VOCAB = 120, 128
+MASK = N_VOCAB
+TINY = GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32)
+SMALL = GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=1, n_head=1, n_embd=16)
+
+
+def random_model(config, seed):
+    torch.manual_seed(seed)
+    return GPT(config).eval()
+
+
+def perturbed_copy(model, seed, scale):
+    """The same model with noise on every weight: its greedy choices agree with the original's
+    often but not always, so drafts get a mix of acceptances and rejections."""
+    torch.manual_seed(seed)
+    copy = GPT(model.config).eval()
+    copy.load_state_dict({k: v + scale * torch.randn_like(v) for k, v in model.state_dict().items()})
+    return copy
+
+
+@pytest.fixture(scope="module")
+def target():
+    return random_model(TINY, 0)
+
+
+@pytest.fixture(scope="module")
+def student(target):
+    """A student of `target`: a noisy copy plus the mask token (random, so its drafts are imperfect)."""
+    s = perturbed_copy(target, 1, 0.01)
+    add_mask_token(s, MASK, torch.Generator().manual_seed(0))
+    return s
+
+
+def drafts_of(target):
+    return {"itself": target, "a noisy copy": perturbed_copy(target, 1, 0.02), "a stranger": random_model(SMALL, 5)}
+
+
+def acceptance_rate(out):
+    return sum(out.accepted) / max(1, sum(out.drafted))
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 6])
+@pytest.mark.parametrize("prompt_len, max_new", [(5, 40), (50, 40), (10, 3)])  # 50: runs into the context end
+def test_speculative_greedy_equals_target_greedy(target, gamma, prompt_len, max_new):
+    prompt = torch.randint(0, N_VOCAB, (prompt_len,), generator=torch.Generator().manual_seed(prompt_len)).tolist()
+    reference = generate_ntp(target, prompt, max_new, eos_id=-1, n_vocab=N_VOCAB)
+    rates = {}
+    for name, draft in drafts_of(target).items():
+        out = generate_speculative(target, draft, prompt, max_new, eos_id=-1, n_vocab=N_VOCAB, gamma=gamma)
+        assert out.tokens == reference.tokens, name
+        assert out.n_forward == len(out.chunks) and all(0 <= a <= d for a, d in zip(out.accepted, out.drafted))
+        rates[name] = acceptance_rate(out)
+    if max_new > 3:
+        assert rates["itself"] == 1.0 and rates["a stranger"] < rates["itself"]
+
+
+def test_speculative_stops_at_eos_like_the_target(target):
+    prompt = [7, 8, 9]
+    free = generate_ntp(target, prompt, 30, eos_id=-1, n_vocab=N_VOCAB).tokens
+    eos = free[6]
+    reference = generate_ntp(target, prompt, 30, eos_id=eos, n_vocab=N_VOCAB).tokens
+    for draft in drafts_of(target).values():
+        assert generate_speculative(target, draft, prompt, 30, eos_id=eos, n_vocab=N_VOCAB, gamma=4).tokens == reference
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8])
+@pytest.mark.parametrize("prompt_len, max_new", [(5, 40), (50, 40)])
+def test_self_speculative_equals_the_students_k1_greedy(student, k, prompt_len, max_new):
+    prompt = torch.randint(0, N_VOCAB, (prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
+    reference = generate_mtp(student, prompt, max_new, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=1)
+    out = generate_self_speculative(student, prompt, max_new, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k)
+    assert out.tokens == reference.tokens
+    assert out.n_forward <= reference.n_forward and MASK not in out.tokens
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+@pytest.mark.parametrize("prompt_len, max_new", [(5, 40), (50, 40)])
+def test_mtp_drafted_speculative_equals_teacher_greedy(target, student, k, prompt_len, max_new):
+    prompt = torch.randint(0, N_VOCAB, (prompt_len,), generator=torch.Generator().manual_seed(2)).tolist()
+    reference = generate_ntp(target, prompt, max_new, eos_id=-1, n_vocab=N_VOCAB)
+    out = generate_mtp_speculative(target, student, prompt, max_new, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k)
+    assert out.tokens == reference.tokens
+    assert out.n_draft_forward <= out.n_forward  # one student pass per teacher pass (none on the last step)
+
+
+def total_variation(p, q):
+    return 0.5 * (p - q).abs().sum().item()
+
+
+@pytest.mark.parametrize("top_k", [None, 3])
+def test_rejection_sampling_keeps_the_target_distribution(top_k):
+    """Draw d from q, verify it against p: the emitted token must follow p, not q."""
+    V, trials = 6, 20000
+    p_logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, 0.3], [0.0] * V])  # row 0 verifies the draft
+    q_logits = torch.tensor([-1.0, 0.5, 2.0, 1.0, 0.0, 0.3])
+    p, q = token_probs(p_logits[0], 1.0, top_k, V), token_probs(q_logits, 1.0, top_k, V)
+    assert total_variation(p, q) > 0.3  # a sampler that ignored the verdict would be far off
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(V)
+    for d in torch.multinomial(q, trials, replacement=True, generator=g).tolist():
+        n, token = accept_drafts(p_logits, [d], [q], 1.0, top_k, V, g)
+        counts[d if n == 1 else token] += 1
+    assert total_variation(counts / trials, p) < 0.015
+
+
+def test_speculative_sampling_follows_the_target_end_to_end(target):
+    """The first sampled token of speculative decoding, over many runs, has the target's distribution."""
+    temperature, top_k, runs, prompt = 0.3, 4, 2000, [3, 1, 4, 1, 5]
+    draft = random_model(SMALL, 5)
+    p = token_probs(target(torch.tensor([prompt]))[0][0, -1].detach(), temperature, top_k, N_VOCAB)
+    q = token_probs(draft(torch.tensor([prompt]))[0][0, -1].detach(), temperature, top_k, N_VOCAB)
+    assert total_variation(p, q) > 0.3
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(N_VOCAB)
+    for _ in range(runs):
+        out = generate_speculative(target, draft, prompt, 2, eos_id=-1, n_vocab=N_VOCAB, gamma=1,
+                                   temperature=temperature, top_k=top_k, generator=g)
+        counts[out.tokens[0]] += 1
+    assert total_variation(counts / runs, p) < 0.05
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda t, s: generate_speculative(t, t, [1, 2], 5, -1, N_VOCAB, gamma=0), "gamma must be >= 1"),
+    (lambda t, s: generate_speculative(t, GPT(GPTConfig(**{**TINY.__dict__, "block_size": 16})), [1, 2], 5, -1,
+                                       N_VOCAB, gamma=2), "context is shorter"),
+    (lambda t, s: generate_self_speculative(s, [1, 2], 5, -1, N_VOCAB, MASK, k=0), "k must be >= 1"),
+    (lambda t, s: generate_mtp_speculative(t, s, [1, 2], 5, -1, N_VOCAB, MASK, k=64), "does not fit"),
+    (lambda t, s: generate_mtp_speculative(t, s, [], 5, -1, N_VOCAB, MASK, k=2), "prompt is empty"),
+])
+def test_bad_speculative_settings_are_refused(target, student, call, message):
+    with pytest.raises(UserError, match=message):
+        call(target, student)
