@@ -5,10 +5,18 @@ Decoding strategies, one function each, all returning a `Generation` with the sa
     python decode.py --ckpt out/teacher.pt --temperature 0.8 --top_k 20 --prompt "..."
     python decode.py --ckpt out/student.pt --tau 0.9 --show-chunks --prompt "..."   # ConfAdapt
     python decode.py --ckpt out/student.pt --static --k 3 --prompt "..."            # static k
+    python decode.py --draft out/draft.pt --gamma 4 --show-chunks --prompt "..."    # speculative
+    python decode.py --ckpt out/student.pt --self-speculative --k 4 --prompt "..."  # self-speculative
+    python decode.py --draft out/student.pt --k 4 --show-chunks --prompt "..."      # MTP-drafted speculative
 
 Next-token prediction (NTP): one forward pass per token. With the KV cache each pass feeds
 only the newest token; the keys/values of the earlier ones are read from the cache.
 Without it every pass re-reads the whole sequence: same tokens, much more work.
+The other strategies emit several tokens per pass of the model that decides the output:
+the student guessing with its <MTP> masks (static k, ConfAdapt), or a cheaper proposer
+whose drafts that model verifies in one pass (speculative, self-speculative, MTP-drafted),
+which is lossless. Every one keeps its KV caches holding a prefix of the accepted tokens
+(`forward_new`), so throwing away masks or rejected drafts is a `cache.truncate`.
 """
 import argparse
 import sys
@@ -363,8 +371,8 @@ def main():
     elapsed = time.time() - t0
     print(text + (show_chunks(enc, out, eos_id) if args.show_chunks
                   else enc.decode([t for t in out.tokens if t != eos_id])))
-    drafts = (f", {sum(out.accepted)}/{sum(out.drafted)} drafts accepted, {out.n_draft_forward} draft passes"
-              if out.drafted else "")
+    drafts = f", {sum(out.accepted)}/{sum(out.drafted)} drafts accepted" if out.drafted else ""
+    drafts += f", {out.n_draft_forward} draft passes" if out.n_draft_forward else ""
     print(f"\n[{how}: {len(out.tokens)} tokens in {out.n_forward} forward passes = "
           f"{out.tokens_per_forward:.2f} tokens/forward (effective k){drafts}, "
           f"{len(out.tokens) / elapsed:.0f} tokens/s on {device}]", file=sys.stderr)
