@@ -2,6 +2,7 @@
 #
 #   make demo   install what is missing, then data -> teacher, draft -> student -> bench (CPU default)
 #   make test   install what is missing, then run the test suite
+#   make ablations   one student per variant of the paper's ablations, then one comparison
 #
 # An interrupted training run keeps its checkpoint: finish it with
 #   python train_ntp.py --preset teacher --resume   (then `make demo` again)
@@ -9,7 +10,7 @@
 PYTHON ?= python3
 DATA := data/synth
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean ablations
 
 demo: install out/bench.json
 	@cat out/bench.md
@@ -31,6 +32,25 @@ out/student.pt: out/teacher.pt distill_mtp.py
 
 out/bench.json: out/teacher.pt out/draft.pt out/student.pt bench.py decode.py
 	$(PYTHON) bench.py
+
+# The paper's ablations (METHOD.md section 6): every variant starts from the same teacher with
+# the same seed and ABLATION_STEPS steps, from the paper's main setting (critic, hard teacher,
+# k ~ U[2, 8], no prefix loss), and changes one thing. fixed_k trains k = k_max = 8 only.
+ABLATION_STEPS ?= 800
+VARIANTS := critic ground_truth soft fixed_k prefix_loss bidirectional
+FLAGS_critic := --prefix_loss 0
+FLAGS_ground_truth := --prefix_loss 0 --supervision ground_truth
+FLAGS_soft := --prefix_loss 0 --teacher_readout soft
+FLAGS_fixed_k := --prefix_loss 0 --k_min 8 --k_max 8
+FLAGS_prefix_loss := --prefix_loss 3.0
+FLAGS_bidirectional := --prefix_loss 0 --bidirectional
+STUDENTS := $(VARIANTS:%=out/ablations/student_%.pt)
+
+out/ablations/student_%.pt: out/teacher.pt distill_mtp.py
+	$(PYTHON) distill_mtp.py --max_iters $(ABLATION_STEPS) --eval_interval 100 $(FLAGS_$*) --out $@
+
+ablations: install $(STUDENTS)
+	$(PYTHON) bench.py --compare $(STUDENTS) --n 200 --static_k 1,2,3,4,5 --taus 0.6,0.8,0.9,0.95,0.99
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -3,6 +3,7 @@ Every decoding strategy side by side, on the same held-out problems, in the same
 
     python bench.py                                   # everything found in out/, 400 test problems
     python bench.py --n 100 --strategies ntp,confadapt,speculative --device cuda
+    python bench.py --compare out/ablations/student_*.pt  # the ablations (make ablations)
 
 Rows: the teacher's cached NTP greedy (the baseline; and without the cache), the draft
 model, the student at static k = 1..5 and ConfAdapt over a tau sweep, speculative decoding
@@ -14,7 +15,8 @@ speed-up over the baseline, and for lossless strategies the share of problems wh
 is token-for-token their reference's. The strategies run interleaved, problem by problem,
 so a slow patch of the machine slows all of them alike instead of deciding the ranking.
 Writes out/bench.json (a list of rows), out/bench.md and out/pareto.png, prints the table,
-then the rows as one JSON line.
+then the rows as one JSON line. With --compare it measures only static k and ConfAdapt, for
+each student given, and writes out/ablations.{json,md,png} and out/agreement.png.
 """
 import argparse
 import json
@@ -154,7 +156,109 @@ def pareto_plot(rows, path, title):
     plt.close(fig)
 
 
+# --------------------------------------------------------------------------------------
+# --compare: the paper's ablations, one curve per distilled student (make ablations).
+
+def variant_name(path):
+    """out/ablations/student_ground_truth.pt -> ground_truth"""
+    name = os.path.splitext(os.path.basename(path))[0]
+    return name[len("student_"):] if name.startswith("student_") else name
+
+
+def comparison_table(rows, students):
+    """One line per variant: accuracy % (tokens per forward) at each static k and tau, then the
+    student's last validation agreement with the teacher by block position."""
+    settings = list(dict.fromkeys(r["strategy"] for r in rows if r["model"] != "teacher"))
+    cells = {(r["model"], r["strategy"]): r for r in rows}
+    head = ["variant"] + [s.replace("ConfAdapt ", "") for s in settings] + ["val agreement with teacher by position"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, ckpt in students.items():
+        line = [name]
+        for s in settings:
+            r = cells[(name, s)]
+            line.append(f"{r['accuracy']}" if s.startswith("static") else f"{r['accuracy']} ({r['tokens_per_forward']})")
+        log = ckpt.get("agreement_log") or [{"agreement": []}]
+        line.append(" ".join(f"{a:.2f}" for a in log[-1]["agreement"]))
+        lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
+def ablation_plot(rows, path, title):
+    """Accuracy against tokens per forward, a colour per variant: ConfAdapt as a solid curve
+    over tau, static k as a dashed one; the teacher as a black star."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    teacher = rows[0]
+    ax.scatter([1.0], [teacher["accuracy"]], color="black", marker="*", s=120, label="teacher NTP", zorder=3)
+    variants = list(dict.fromkeys(r["model"] for r in rows[1:]))
+    for variant, color in zip(variants, plt.cm.tab10.colors):
+        for family, style, marker in (("ConfAdapt", "-", "o"), ("static k", "--", "s")):
+            fam = [r for r in rows if r["model"] == variant and r["family"] == family]
+            ax.plot([r["tokens_per_forward"] for r in fam], [r["accuracy"] for r in fam], style, marker=marker,
+                    color=color, markersize=4, label=f"{variant} ({family})")
+    ax.set_xlabel("tokens per forward pass")
+    ax.set_ylabel("accuracy on held-out problems (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def agreement_plot(students, path):
+    """The per-position agreement with the teacher that distill_mtp.py logged at every validation:
+    a panel per block position j, a line per variant. The critic trains exactly this quantity."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    k_max = max(len(c["agreement_log"][0]["agreement"]) for c in students.values())
+    cols = 4
+    fig, axes = plt.subplots((k_max + cols - 1) // cols, cols, figsize=(12, 3 * ((k_max + cols - 1) // cols)),
+                             sharex=True, sharey=True, squeeze=False)
+    for (name, ckpt), color in zip(students.items(), plt.cm.tab10.colors):
+        log = ckpt["agreement_log"]
+        for j in range(len(log[0]["agreement"])):
+            axes.flat[j].plot([e["step"] for e in log], [e["agreement"][j] for e in log], color=color,
+                              label=name if j == 0 else None)
+    for j, ax in enumerate(axes.flat):
+        ax.set_title(f"block position {j + 1}" + (" (the next token)" if j == 0 else ""), fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("distillation step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("agreement with teacher")
+    fig.legend(loc="lower center", ncol=len(students), fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------
+
 STRATEGIES = ["ntp", "no_cache", "draft", "static", "confadapt", "speculative", "self_speculative", "mtp_speculative"]
+
+
+def parse_ints(text, flag):
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"{flag} takes comma-separated integers, got {text!r}") from None
+    if min(values) < 1:
+        raise UserError(f"{flag} values must be >= 1, got {text!r}")
+    return values
+
+
+def parse_taus(text):
+    try:
+        taus = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UserError(f"--taus takes comma-separated numbers in (0, 1], got {text!r}") from None
+    if not all(0 < t <= 1 for t in taus):
+        raise UserError(f"every ConfAdapt tau must lie in (0, 1], got {text!r}")
+    return taus
 
 
 def main():
@@ -162,6 +266,9 @@ def main():
     p.add_argument("--teacher", default="out/teacher.pt")
     p.add_argument("--draft", default="out/draft.pt", help="measured too if the file exists")
     p.add_argument("--student", default="out/student.pt", help="measured too if the file exists")
+    p.add_argument("--compare", nargs="+", metavar="STUDENT",
+                   help="ablations: static k and ConfAdapt rows for each of these students (named by their file: "
+                   "student_NAME.pt), written to ablations.{json,md,png} and agreement.png instead")
     p.add_argument("--strategies", default=",".join(STRATEGIES),
                    help="which families to run (the teacher's cached NTP greedy always runs: it is the baseline)")
     p.add_argument("--static_k", default="1,2,3,4,5", help="student: static k values (k=1 is the student's NTP)")
@@ -182,15 +289,7 @@ def main():
     unknown = sorted(set(chosen) - set(STRATEGIES))
     if unknown:
         raise UserError(f"unknown strategies {', '.join(unknown)}: choose from {', '.join(STRATEGIES)}")
-
-    def ints(text, flag):
-        try:
-            values = [int(v) for v in text.split(",")]
-        except ValueError:
-            raise UserError(f"{flag} takes comma-separated integers, got {text!r}") from None
-        if min(values) < 1:
-            raise UserError(f"{flag} values must be >= 1, got {text!r}")
-        return values
+    static_k, taus = parse_ints(args.static_k, "--static_k"), parse_taus(args.taus)
 
     device = pick_device(args.device)
     torch.manual_seed(0)
@@ -205,48 +304,62 @@ def main():
     def row(model, strategy, family, decode, reference=None, n=n):
         return dict(model=model, strategy=strategy, family=family, n=n, decode=decode, reference=reference)
 
-    strategies = [row("teacher", "ntp greedy", "ntp", lambda ids: generate_ntp(teacher, ids, **common))]
-    if "no_cache" in chosen and args.n_uncached:
-        strategies.append(row("teacher", "ntp greedy, no cache", "ntp", reference=TEACHER, n=min(n, args.n_uncached),
-                              decode=lambda ids: generate_ntp(teacher, ids, use_cache=False, **common)))
-    draft = student = None
-    if os.path.exists(args.draft) and {"draft", "speculative"} & set(chosen):
-        draft, _, dckpt = load_for_decoding(args.draft, device, kinds=("draft",))
-        check_same_tokenizer(ckpt, dckpt, args.teacher, args.draft)
-    if os.path.exists(args.student) and {"static", "confadapt", "self_speculative", "mtp_speculative"} & set(chosen):
-        student, _, sckpt = load_for_decoding(args.student, device, kinds=("student",))
-        check_same_tokenizer(ckpt, sckpt, args.teacher, args.student)
+    def mtp_rows(model, student, sckpt, static_k, taus):
+        """A student's static-k and ConfAdapt rows."""
         mask_id = sckpt["mask_id"]
-    if draft is not None and "draft" in chosen:
-        strategies.append(row("draft", "ntp greedy", "ntp", lambda ids: generate_ntp(draft, ids, **common)))
-    if student is not None:
-        static_k = ints(args.static_k, "--static_k") if "static" in chosen else []
-        for k in static_k:
-            strategies.append(row("student", f"static k={k}", "static k", lambda ids, k=k: generate_mtp(
-                student, ids, mask_id=mask_id, k=k, **common)))
-        for tau in [float(v) for v in args.taus.split(",")] if "confadapt" in chosen else []:
-            strategies.append(row("student", f"ConfAdapt tau={tau}", "ConfAdapt", lambda ids, tau=tau: generate_mtp(
-                student, ids, mask_id=mask_id, k=sckpt["k_max"], tau=tau, **common)))
-        if "self_speculative" in chosen:
-            if 1 not in static_k:  # its reference: the student's own k=1 greedy output
-                strategies.append(row("student", "static k=1", "static k", lambda ids: generate_mtp(
-                    student, ids, mask_id=mask_id, k=1, **common)))
-            for k in ints(args.self_k, "--self_k"):
-                strategies.append(row("student", f"self-speculative k={k}", "self-speculative",
-                                      lambda ids, k=k: generate_self_speculative(student, ids, mask_id=mask_id, k=k,
-                                                                                 **common),
-                                      reference="student/static k=1"))
-    if draft is not None and "speculative" in chosen:
-        for gamma in ints(args.gammas, "--gammas"):
-            strategies.append(row("teacher + draft", f"speculative gamma={gamma}", "speculative",
-                                  lambda ids, g=gamma: generate_speculative(teacher, draft, ids, gamma=g, **common),
-                                  reference=TEACHER))
-    if student is not None and "mtp_speculative" in chosen:
-        for k in ints(args.mtp_k, "--mtp_k"):
-            strategies.append(row("teacher + student", f"MTP-drafted speculative k={k}", "MTP-drafted speculative",
-                                  lambda ids, k=k: generate_mtp_speculative(teacher, student, ids, mask_id=mask_id,
-                                                                            k=k, **common),
-                                  reference=TEACHER))
+        return ([row(model, f"static k={k}", "static k", lambda ids, k=k: generate_mtp(
+                    student, ids, mask_id=mask_id, k=k, **common)) for k in static_k]
+                + [row(model, f"ConfAdapt tau={tau}", "ConfAdapt", lambda ids, tau=tau: generate_mtp(
+                    student, ids, mask_id=mask_id, k=sckpt["k_max"], tau=tau, **common)) for tau in taus])
+
+    strategies = [row("teacher", "ntp greedy", "ntp", lambda ids: generate_ntp(teacher, ids, **common))]
+    students = {}  # --compare: variant name -> checkpoint (for its agreement log)
+    for path in args.compare or []:
+        name = variant_name(path)
+        if name in students:
+            raise UserError(f"two students are named {name!r}: --compare needs distinct file names")
+        student, _, students[name] = load_for_decoding(path, device, kinds=("student",))
+        check_same_tokenizer(ckpt, students[name], args.teacher, path)
+        strategies += mtp_rows(name, student, students[name], static_k, taus)
+
+    if not args.compare:
+        if "no_cache" in chosen and args.n_uncached:
+            strategies.append(row("teacher", "ntp greedy, no cache", "ntp", reference=TEACHER,
+                                  n=min(n, args.n_uncached),
+                                  decode=lambda ids: generate_ntp(teacher, ids, use_cache=False, **common)))
+        draft = student = None
+        if os.path.exists(args.draft) and {"draft", "speculative"} & set(chosen):
+            draft, _, dckpt = load_for_decoding(args.draft, device, kinds=("draft",))
+            check_same_tokenizer(ckpt, dckpt, args.teacher, args.draft)
+        if os.path.exists(args.student) and {"static", "confadapt", "self_speculative", "mtp_speculative"} & set(chosen):
+            student, _, sckpt = load_for_decoding(args.student, device, kinds=("student",))
+            check_same_tokenizer(ckpt, sckpt, args.teacher, args.student)
+            mask_id = sckpt["mask_id"]
+        if draft is not None and "draft" in chosen:
+            strategies.append(row("draft", "ntp greedy", "ntp", lambda ids: generate_ntp(draft, ids, **common)))
+        if student is not None:
+            static_k = static_k if "static" in chosen else []
+            strategies += mtp_rows("student", student, sckpt, static_k, taus if "confadapt" in chosen else [])
+            if "self_speculative" in chosen:
+                if 1 not in static_k:  # its reference: the student's own k=1 greedy output
+                    strategies += mtp_rows("student", student, sckpt, [1], [])
+                for k in parse_ints(args.self_k, "--self_k"):
+                    strategies.append(row("student", f"self-speculative k={k}", "self-speculative",
+                                          lambda ids, k=k: generate_self_speculative(student, ids, mask_id=mask_id,
+                                                                                     k=k, **common),
+                                          reference="student/static k=1"))
+        if draft is not None and "speculative" in chosen:
+            for gamma in parse_ints(args.gammas, "--gammas"):
+                strategies.append(row("teacher + draft", f"speculative gamma={gamma}", "speculative",
+                                      lambda ids, g=gamma: generate_speculative(teacher, draft, ids, gamma=g, **common),
+                                      reference=TEACHER))
+        if student is not None and "mtp_speculative" in chosen:
+            for k in parse_ints(args.mtp_k, "--mtp_k"):
+                strategies.append(row("teacher + student", f"MTP-drafted speculative k={k}",
+                                      "MTP-drafted speculative",
+                                      lambda ids, k=k: generate_mtp_speculative(teacher, student, ids, mask_id=mask_id,
+                                                                                k=k, **common),
+                                      reference=TEACHER))
     print(f"benchmarking {len(strategies)} strategies on {n} problems from {test_path} on {device}, "
           f"interleaved problem by problem")
 
@@ -254,15 +367,26 @@ def main():
     rows = run_bench(strategies, problems, enc)
     minutes = (time.time() - t0) / 60
     os.makedirs(args.out_dir, exist_ok=True)
+    stem = "ablations" if args.compare else "bench"
     table = markdown_table(rows)
+    if args.compare:
+        table = comparison_table(rows, students) + "\n\nEvery row:\n\n" + table
     command = "python bench.py " + " ".join(sys.argv[1:])
-    with open(os.path.join(args.out_dir, "bench.json"), "w") as f:
+    with open(os.path.join(args.out_dir, f"{stem}.json"), "w") as f:
         json.dump(rows, f, indent=1)
-    with open(os.path.join(args.out_dir, "bench.md"), "w") as f:
+    with open(os.path.join(args.out_dir, f"{stem}.md"), "w") as f:
         f.write(f"Measured on {device} with `{command.strip()}` ({minutes:.1f} min).\n\n{table}\n")
-    pareto_plot(rows, os.path.join(args.out_dir, "pareto.png"), f"{n} held-out problems, {device}, batch 1")
+    title = f"{n} held-out problems, {device}, batch 1"
+    written = [f"{stem}.json", f"{stem}.md", "ablations.png" if args.compare else "pareto.png"]
+    if args.compare:
+        ablation_plot(rows, os.path.join(args.out_dir, "ablations.png"), title)
+        if all(c.get("agreement_log") for c in students.values()):
+            agreement_plot(students, os.path.join(args.out_dir, "agreement.png"))
+            written.append("agreement.png")
+    else:
+        pareto_plot(rows, os.path.join(args.out_dir, "pareto.png"), title)
     print("\n" + table + "\n")
-    print(f"{minutes:.1f} min; wrote {args.out_dir}/bench.json, bench.md, pareto.png")
+    print(f"{minutes:.1f} min; wrote " + ", ".join(os.path.join(args.out_dir, w) for w in written))
     print(json.dumps(rows))
 
 

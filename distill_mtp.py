@@ -244,18 +244,25 @@ def main(args):
     autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda"
                 else contextlib.nullcontext())
 
+    # Agreement is always scored against the teacher's argmax, whatever the supervision, so the
+    # curves of every variant (ground-truth supervision included) can be compared.
+    critic_args = argparse.Namespace(**{**vars(args), "supervision": "critic", "teacher_readout": "hard"})
+
     @torch.no_grad()
     def validate():
-        """Loss and per-position agreement on fixed val batches at k = k_max."""
+        """Loss and per-position agreement with the teacher on fixed val batches at k = k_max."""
         raw_student.eval()
         gen = torch.Generator().manual_seed(0)
         losses, agree = [], torch.zeros(args.k_max)
         for _ in range(args.eval_iters):
             x, y = get_batch(val_data, val_starts, args.batch_size, block_size, gen)
+            x, y = x.to(device), y.to(device)
             points = prediction_points(block_size, args.k_max, n_points, 0)
             with autocast:
-                loss, stats = distill_loss(raw_student, teacher, x.to(device), y.to(device), args.k_max,
-                                           points, args, mask_id, enc.n_vocab)
+                loss, stats = distill_loss(raw_student, teacher, x, y, args.k_max, points, args, mask_id, enc.n_vocab)
+                if args.supervision != "critic":
+                    _, stats = distill_loss(raw_student, teacher, x, y, args.k_max, points, critic_args, mask_id,
+                                            enc.n_vocab)
             losses.append(loss.item())
             agree += stats["agreement"].cpu() / args.eval_iters
         raw_student.train()

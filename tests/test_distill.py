@@ -217,3 +217,19 @@ def test_distillation_runs_resumes_and_decodes(tiny_data, tmp_path):
     assert {("student", "static k=2"), ("student", "ConfAdapt tau=0.9")} <= set(rows)
     assert rows[("student", "self-speculative k=4")]["identical"] == 100.0  # == the student's k=1 output
     assert rows[("teacher + student", "MTP-drafted speculative k=4")]["identical"] == 100.0  # == the teacher's
+    # The ablation comparison: a second variant, then one curve per student.
+    r = run_script(*distill, "--max_iters", "5", "--supervision", "ground_truth", "--out",
+                   str(tmp_path / "student_gt.pt"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_script("bench.py", "--teacher", str(tmp_path / "teacher.pt"), "--compare", str(tmp_path / "student.pt"),
+                   str(tmp_path / "student_gt.pt"), "--n", "3", "--max_new_tokens", "20", "--device", "cpu",
+                   "--taus", "0.8,0.9", "--static_k", "1,3", "--out_dir", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.load(open(tmp_path / "out" / "ablations.json"))
+    assert [(row["model"], row["strategy"]) for row in rows] == [("teacher", "ntp greedy")] + [
+        (variant, s) for variant in ("student", "gt")
+        for s in ("static k=1", "static k=3", "ConfAdapt tau=0.8", "ConfAdapt tau=0.9")]
+    table = (tmp_path / "out" / "ablations.md").read_text()
+    assert "| variant | static k=1 | static k=3 | tau=0.8 | tau=0.9 |" in table and "| gt |" in table
+    for picture in ("ablations.png", "agreement.png"):
+        assert (tmp_path / "out" / picture).stat().st_size > 0
