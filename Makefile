@@ -3,12 +3,22 @@
 #   make demo   install what is missing, then data -> teacher, draft -> student -> bench (CPU default)
 #   make test   install what is missing, then run the test suite
 #   make ablations   one student per variant of the paper's ablations, then one comparison
+#   make demo GPU=1  the same pipeline with the one-GPU presets (bf16, torch.compile, fused AdamW)
 #
 # An interrupted training run keeps its checkpoint: finish it with
 #   python train_ntp.py --preset teacher --resume   (then `make demo` again)
 
 PYTHON ?= python3
 DATA := data/synth
+ifdef GPU
+TEACHER_PRESET := teacher_gpu
+DRAFT_PRESET := draft_gpu
+STUDENT_PRESET := gpu
+else
+TEACHER_PRESET := teacher
+DRAFT_PRESET := draft
+STUDENT_PRESET := cpu
+endif
 
 .PHONY: demo test install clean ablations
 
@@ -22,13 +32,13 @@ $(DATA)/train.bin: data/prepare.py data/problems.py data/tokenizer.py
 	$(PYTHON) data/prepare.py --out_dir $(DATA)
 
 out/teacher.pt: $(DATA)/train.bin train_ntp.py model.py
-	$(PYTHON) train_ntp.py --preset teacher
+	$(PYTHON) train_ntp.py --preset $(TEACHER_PRESET)
 
 out/draft.pt: $(DATA)/train.bin train_ntp.py model.py
-	$(PYTHON) train_ntp.py --preset draft
+	$(PYTHON) train_ntp.py --preset $(DRAFT_PRESET)
 
 out/student.pt: out/teacher.pt distill_mtp.py
-	$(PYTHON) distill_mtp.py
+	$(PYTHON) distill_mtp.py --preset $(STUDENT_PRESET)
 
 out/bench.json: out/teacher.pt out/draft.pt out/student.pt bench.py decode.py
 	$(PYTHON) bench.py
@@ -50,7 +60,7 @@ out/ablations/student_%.pt: out/teacher.pt distill_mtp.py
 	$(PYTHON) distill_mtp.py --max_iters $(ABLATION_STEPS) --eval_interval 100 $(FLAGS_$*) --out $@
 
 ablations: install $(STUDENTS)
-	$(PYTHON) bench.py --compare $(STUDENTS) --n 200 --static_k 1,2,3,4,5 --taus 0.6,0.8,0.9,0.95,0.99
+	$(PYTHON) bench.py --compare $(STUDENTS) --n 160 --static_k 1,2,3,4,5 --taus 0.6,0.8,0.9,0.95,0.99
 
 test: install
 	$(PYTHON) -m pytest -q

@@ -306,11 +306,11 @@ def main():
 
     def mtp_rows(model, student, sckpt, static_k, taus):
         """A student's static-k and ConfAdapt rows."""
-        mask_id = sckpt["mask_id"]
+        mtp = dict(mask_id=sckpt["mask_id"], bidirectional=sckpt.get("bidirectional", False), **common)
         return ([row(model, f"static k={k}", "static k", lambda ids, k=k: generate_mtp(
-                    student, ids, mask_id=mask_id, k=k, **common)) for k in static_k]
+                    student, ids, k=k, **mtp)) for k in static_k]
                 + [row(model, f"ConfAdapt tau={tau}", "ConfAdapt", lambda ids, tau=tau: generate_mtp(
-                    student, ids, mask_id=mask_id, k=sckpt["k_max"], tau=tau, **common)) for tau in taus])
+                    student, ids, k=sckpt["k_max"], tau=tau, **mtp)) for tau in taus])
 
     strategies = [row("teacher", "ntp greedy", "ntp", lambda ids: generate_ntp(teacher, ids, **common))]
     students = {}  # --compare: variant name -> checkpoint (for its agreement log)

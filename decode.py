@@ -82,14 +82,21 @@ def check_prompt(prompt_ids, model):
                         f"{model.config.block_size}: shorten the prompt")
 
 
-def forward_new(model, cache, seq, extra=()):
+def forward_new(model, cache, seq, extra=(), extra_see_each_other=False):
     """The one piece of KV-cache logic every strategy shares. The cache always holds the
     keys/values of a prefix of `seq` (the accepted tokens); feed the rest of `seq`, then
     `extra` (drafts or <MTP> masks). Returns the logits of the last len(extra) + 1 positions,
     (len(extra) + 1, vocab_size): row j predicts the token after seq + extra[:j].
-    Rolling back rejected drafts or stale masks is then just `cache.truncate(...)`."""
+    Rolling back rejected drafts or stale masks is then just `cache.truncate(...)`.
+    The attention is causal, unless `extra_see_each_other` (masks of a student distilled with
+    --bidirectional, which must read its block as it was trained to)."""
     idx = torch.tensor([seq[cache.length:] + list(extra)], device=cache.k.device)
-    logits, _ = model(idx, cache=cache)
+    attn_mask = None
+    if extra_see_each_other and len(extra) > 1:
+        start, T, n = cache.length, idx.size(1), len(extra)
+        attn_mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
+        attn_mask[-n:, -n:] = True  # (T, start + T): causal with an offset, the extra block fully visible
+    logits, _ = model(idx, cache=cache, attn_mask=attn_mask)
     return logits[0, -(len(extra) + 1):]
 
 
@@ -151,7 +158,7 @@ def check_k(k, model, name="k"):
 
 
 @torch.no_grad()
-def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, tau=None):
+def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, tau=None, bidirectional=False):
     """Multi-token prediction with the student's <MTP> mask (METHOD.md section 5).
 
     Every forward pass feeds the newly accepted tokens plus k-1 masks and reads k greedy
@@ -159,7 +166,8 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
     predicts token j+1). Static k (tau=None) emits all k. ConfAdapt(tau) emits the longest
     leading run whose confidence (max softmax) is >= tau, always at least one token.
     The masks' cache entries are stale once their tokens are known, so the cache is cut back
-    to the last real token; the accepted tokens are fed as real tokens on the next pass."""
+    to the last real token; the accepted tokens are fed as real tokens on the next pass.
+    `bidirectional`: the student was distilled with masks that see each other both ways."""
     check_prompt(prompt_ids, model)
     check_k(k, model)
     if tau is not None and not 0 < tau <= 1:
@@ -168,7 +176,7 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < model.config.block_size:
         n_masks = min(k, model.config.block_size - len(seq)) - 1  # emitted tokens stay inside the context
-        logits = forward_new(model, cache, seq, [mask_id] * n_masks)  # (n_masks + 1, vocab_size)
+        logits = forward_new(model, cache, seq, [mask_id] * n_masks, bidirectional)  # (n_masks + 1, vocab_size)
         out.n_forward += 1
         cache.truncate(len(seq))  # forget the masks' keys/values
         confidence, tokens = torch.softmax(logits[:, :n_vocab].float(), dim=-1).max(dim=-1)  # (n_masks + 1,)
@@ -288,6 +296,17 @@ def check_same_tokenizer(ckpt, other, path, other_path):
                         f"a draft must speak the target's vocabulary")
 
 
+def student_k(k, ckpt, path):
+    """--k for a student: default its k_max; more positions than it was trained on is refused
+    (masks past k_max were never trained, so their guesses would be noise)."""
+    if k is None:
+        return ckpt["k_max"]
+    if k > ckpt["k_max"]:
+        raise UserError(f"--k {k} is more than the {ckpt['k_max']} positions {path} was trained to predict: "
+                        f"use --k {ckpt['k_max']} or less")
+    return k
+
+
 def show_chunks(enc, out, eos_id):
     """Each step's tokens in brackets, then how many. Speculative steps show the accepted
     drafts, a '|', then the verifying model's own token: [drafts|token]n."""
@@ -348,7 +367,7 @@ def main():
         drafter, _, dckpt = load_for_decoding(args.draft, device, kinds=("draft", "student"))
         check_same_tokenizer(ckpt, dckpt, args.ckpt, args.draft)
         if dckpt["kind"] == "student":
-            k = args.k or dckpt["k_max"]
+            k = student_k(args.k, dckpt, args.draft)
             out = generate_mtp_speculative(model, drafter, mask_id=dckpt["mask_id"], k=k, **common)
             how = f"MTP-drafted speculative, student drafts k={k} per pass"
         else:
@@ -357,12 +376,13 @@ def main():
             how = f"speculative, gamma={args.gamma}, " + ("greedy" if args.temperature == 0 else
                                                           f"temperature {args.temperature}")
     elif ckpt["kind"] == "student":
-        k = args.k or ckpt["k_max"]
+        k = student_k(args.k, ckpt, args.ckpt)
         if args.self_speculative:
             out = generate_self_speculative(model, mask_id=ckpt["mask_id"], k=k, **common)
             how = f"self-speculative, k={k}"
         else:
-            out = generate_mtp(model, mask_id=ckpt["mask_id"], k=k, tau=None if args.static else args.tau, **common)
+            out = generate_mtp(model, mask_id=ckpt["mask_id"], k=k, tau=None if args.static else args.tau,
+                               bidirectional=ckpt.get("bidirectional", False), **common)
             how = f"static k={k}" if args.static else f"ConfAdapt tau={args.tau}, k_max={k}"
     else:
         out = generate_ntp(model, temperature=args.temperature, top_k=args.top_k, use_cache=not args.no_cache,

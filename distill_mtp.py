@@ -34,9 +34,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from data.tokenizer import EOT
-from model import (UserError, add_mask_token, load_checkpoint, model_from_checkpoint, save_checkpoint,
-                   tokenizer_from_checkpoint)
-from train_ntp import get_batch, get_lr, load_tokens, setup_distributed
+from model import (UserError, add_mask_token, discard_unfinished_write, load_checkpoint, model_from_checkpoint,
+                   save_checkpoint, tokenizer_from_checkpoint)
+from train_ntp import all_ranks_mean, get_batch, get_lr, load_tokens, setup_distributed
 
 PRESETS = {
     # Denser prediction points than the paper's N / (2 k_max): each block adds only k-1 tokens
@@ -171,7 +171,10 @@ def distill_loss(student, teacher, x, y, k, points, args, mask_id, n_vocab):
     if args.supervision == "critic":
         with torch.no_grad():
             proposed = rollout[:, :, :k - 1].reshape(B, M * (k - 1))  # y'_1 .. y'_{k-1} in the mask slots
-            t_logits, _ = teacher(torch.cat([x, proposed], dim=1), pos=pos, attn_mask=mask)
+            # The teacher is an NTP model: it reads the rollout causally even when the student's masks
+            # see each other both ways (a bidirectional teacher would peek at the tokens it scores).
+            t_mask = mtp_layout(N, k, points)[1].to(device) if args.bidirectional else mask
+            t_logits, _ = teacher(torch.cat([x, proposed], dim=1), pos=pos, attn_mask=t_mask)
             t_logits = t_logits[:, read][..., :n_vocab].float()        # (B, M, k, V)
         targets = t_logits.argmax(-1)                                  # (B, M, k)
     else:  # ground truth: token j of block m is x_{i_m + j} = y_{i_m + j - 1}
@@ -226,14 +229,18 @@ def main(args):
     data_gen = torch.Generator().manual_seed(args.seed)
     k_gen = torch.Generator().manual_seed(args.seed + 1)
     offset_gen = torch.Generator().manual_seed(args.seed + 2)
-    step = 0
+    step, loss_log = 0, []  # loss_log: the training loss of every step
+    if master and discard_unfinished_write(args.out):
+        log(f"removed {args.out}.tmp: a checkpoint write that was killed before it finished")
     if args.resume:
         ckpt = load_checkpoint(args.out, kinds=("student",), device=device)
         student.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         for g, name in ((data_gen, "data_gen"), (k_gen, "k_gen"), (offset_gen, "offset_gen")):
             g.set_state(ckpt[name])
-        step = ckpt["step"]
+        if "torch_rng" in ckpt:  # (checkpoints from before it was saved lack it)
+            torch.set_rng_state(ckpt["torch_rng"])
+        step, loss_log = ckpt["step"], ckpt.get("loss_log", [])
         log(f"resuming {args.out} at step {step}")
     student.train()
     raw_student = student
@@ -270,9 +277,11 @@ def main(args):
 
     def checkpoint(val_loss, agreement_log):
         save_checkpoint(args.out, raw_student, "student", teacher_ckpt["tokenizer"], step=step,
-                        mask_id=mask_id, k_max=args.k_max, optimizer=optimizer.state_dict(),
+                        mask_id=mask_id, k_max=args.k_max, bidirectional=args.bidirectional,
+                        optimizer=optimizer.state_dict(),
                         data_gen=data_gen.get_state(), k_gen=k_gen.get_state(),
-                        offset_gen=offset_gen.get_state(), val_loss=val_loss,
+                        offset_gen=offset_gen.get_state(), torch_rng=torch.get_rng_state(), loss_log=loss_log,
+                        val_loss=val_loss,
                         agreement_log=agreement_log, args=dict(vars(args)))
 
     agreement_log = ckpt.get("agreement_log", []) if args.resume else []
@@ -319,7 +328,10 @@ def main(args):
             torch.nn.utils.clip_grad_norm_(student.parameters(), args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if ddp:  # log the loss of the whole global batch, as one process would
+            loss_sum = all_ranks_mean(loss_sum, device)
         step += 1
+        loss_log.append(loss_sum)
         bar.update(1)
         bar.set_postfix(k=k, loss=f"{loss_sum:.3f}", entropy=f"{entropy:.2f}", lr=f"{lr:.1e}")
     bar.close()

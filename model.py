@@ -251,6 +251,14 @@ def save_checkpoint(path, model, kind, tokenizer, **extra):
     os.replace(tmp, path)  # atomic on POSIX and Windows
 
 
+def discard_unfinished_write(path):
+    """Remove the temporary file a killed save_checkpoint left behind; True if there was one."""
+    if os.path.exists(path + ".tmp"):
+        os.remove(path + ".tmp")
+        return True
+    return False
+
+
 def load_checkpoint(path, kinds=CHECKPOINT_KINDS, device="cpu"):
     """The checkpoint dict at `path`, checked to be one of `kinds`."""
     if not os.path.isfile(path):
@@ -271,6 +279,9 @@ def load_checkpoint(path, kinds=CHECKPOINT_KINDS, device="cpu"):
 def tokenizer_from_checkpoint(ckpt, path=None):
     """The tokenizer the checkpoint was trained with (or `path`), checked to be the same file."""
     path = path or ckpt["tokenizer"]
+    if not os.path.isfile(path):
+        raise UserError(f"the tokenizer this model was trained with is missing ({path}): rerun "
+                        f"data/prepare.py with the same settings, or restore the file")
     enc = load_tokenizer(path)
     if file_md5(path) != ckpt["tokenizer_md5"]:
         raise UserError(f"the tokenizer at {path} is not the one this model was trained with "

@@ -25,8 +25,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
 from data.tokenizer import EOT, load_tokenizer, padded_vocab_size
-from model import (GPT, GPTConfig, UserError, load_checkpoint, model_from_checkpoint, pick_device,
-                   save_checkpoint, tokenizer_from_checkpoint)
+from model import (GPT, GPTConfig, UserError, discard_unfinished_write, load_checkpoint, model_from_checkpoint,
+                   pick_device, save_checkpoint, tokenizer_from_checkpoint)
 
 # Tuned on the 2-core CPU machines this project is developed on (see README for the runs).
 # The draft model has >= 4x fewer parameters than the teacher.
@@ -129,6 +129,12 @@ def setup_distributed(device_arg, grad_accum):
     return True, rank, world, local_rank, device
 
 
+def all_ranks_mean(value, device):
+    t = torch.tensor(value, device=device)
+    dist.all_reduce(t)  # sum over ranks (gloo has no average)
+    return t.item() / dist.get_world_size()
+
+
 def main(args):
     ddp, rank, world, local_rank, device = setup_distributed(args.device, args.grad_accum)
     master = rank == 0
@@ -146,6 +152,8 @@ def main(args):
 
     # The model: fresh, or the checkpoint we resume from (with its optimizer and data stream).
     step, ckpt = 0, None
+    if master and discard_unfinished_write(args.out):
+        log(f"removed {args.out}.tmp: a checkpoint write that was killed before it finished")
     if args.resume:
         ckpt = load_checkpoint(args.out, kinds=(args.kind,), device=device)
         tokenizer_from_checkpoint(ckpt, tokenizer_path)  # the data must be tokenized as before
@@ -162,9 +170,13 @@ def main(args):
     # One generator shared by all ranks: every rank draws the same global batch and trains on
     # its share, so N processes see exactly the batches one process would.
     generator = torch.Generator().manual_seed(args.seed)
+    loss_log = []  # the training loss of every step, kept in the checkpoint
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
         generator.set_state(ckpt["generator"])
+        if "torch_rng" in ckpt:  # (checkpoints from before it was saved lack it)
+            torch.set_rng_state(ckpt["torch_rng"])  # dropout's randomness, when dropout > 0
+        loss_log = ckpt.get("loss_log", [])
 
     raw_model = model
     if args.compile:
@@ -177,7 +189,8 @@ def main(args):
     def checkpoint(val_loss):
         save_checkpoint(args.out, raw_model, args.kind, tokenizer_path, step=step,
                         optimizer=optimizer.state_dict(), generator=generator.get_state(),
-                        val_loss=val_loss, args={k: v for k, v in vars(args).items()})
+                        torch_rng=torch.get_rng_state(), loss_log=loss_log, val_loss=val_loss,
+                        args={k: v for k, v in vars(args).items()})
 
     tokens_per_step = args.batch_size * args.grad_accum * args.block_size
     log(f"training {args.max_iters} steps of {tokens_per_step:,} tokens on {device}"
@@ -189,7 +202,7 @@ def main(args):
 
     micro_steps = args.grad_accum // world  # this rank's share of the gradient accumulation
     bar = tqdm(total=args.max_iters, initial=step, desc=args.kind, disable=not master, dynamic_ncols=True)
-    t0, loss_sum, val_loss = time.time(), None, float("nan")
+    t0, val_loss = time.time(), float("nan")
     evaluated_at = step  # step 0 needs no evaluation; a resumed checkpoint had one at its step
     while step < args.max_iters and not stop:
         if step % args.eval_interval == 0 and step != evaluated_at and master:
@@ -216,7 +229,10 @@ def main(args):
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if ddp:  # log the loss of the whole global batch, as one process would
+            loss_sum = all_ranks_mean(loss_sum, device)
         step += 1
+        loss_log.append(loss_sum)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.1e}")
     bar.close()
@@ -225,7 +241,8 @@ def main(args):
         val_loss = estimate_loss(raw_model, val_data, val_starts, args, device, autocast)
         checkpoint(val_loss)
         elapsed = time.time() - t0
-        log(f"{'stopped' if stop else 'done'} at step {step}: train loss {loss_sum:.4f}, "
+        train_loss = f"{loss_log[-1]:.4f}" if loss_log else "-"
+        log(f"{'stopped' if stop else 'done'} at step {step}: train loss {train_loss}, "
             f"val loss {val_loss:.4f}, {elapsed / 60:.1f} min -> {args.out}")
         if stop:
             log(f"continue with: python train_ntp.py --preset {args.preset} --out {args.out} --resume")

@@ -4,9 +4,10 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import run_script
-from data.tokenizer import load_tokenizer
+from data.tokenizer import load_tokenizer, padded_vocab_size
 from decode import generate_mtp, generate_ntp
 from distill_mtp import DEFAULTS, distill_loss, make_student, mtp_layout, prediction_points
 from model import GPT, GPTConfig, UserError, add_mask_token, load_checkpoint, save_checkpoint
@@ -84,6 +85,42 @@ def test_teacher_targets_are_its_greedy_continuation_of_prefix_plus_rollout(pair
         for j in range(k):  # token j+1 of block m: the teacher after x_0..x_i, y'_1..y'_j
             context = torch.cat([x[0, :i + 1], rollout[0, m, :j]])[None]
             assert targets[0, m, j] == teacher(context)[0][0, -1, :N_VOCAB].argmax()
+
+
+@pytest.mark.parametrize("readout", ["hard", "soft"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_the_critic_loss_scores_the_rollout_by_the_teachers_one_at_a_time_continuation(pair, readout, bidirectional):
+    """distill_loss itself, against a slow re-computation. With bidirectional student blocks the
+    teacher must still read the rollout causally, or it would see the tokens it scores."""
+    teacher, student = pair
+    N, k = 32, 4
+    x, y = torch.randint(0, N_VOCAB, (1, N)), torch.randint(0, N_VOCAB, (1, N))
+    points = prediction_points(N, k, n_points=3, offset=2)
+    args = loss_args(bidirectional=bidirectional, teacher_readout=readout)
+    loss, _ = distill_loss(student, teacher, x, y, k, points, args, MASK, N_VOCAB)
+    pos, mask, read = mtp_layout(N, k, points, bidirectional)
+    s_logits = student(torch.cat([x, torch.full((1, len(points) * (k - 1)), MASK)], 1), pos=pos,
+                       attn_mask=mask)[0][0, read][..., :N_VOCAB]  # (M, k, V)
+    rollout = s_logits.argmax(-1)
+    t_logits = torch.stack([torch.stack([teacher(torch.cat([x[0, :i + 1], rollout[m, :j]])[None])[0][0, -1, :N_VOCAB]
+                                         for j in range(k)]) for m, i in enumerate(points.tolist())])  # (M, k, V)
+    s_logp, t_logp = F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1)
+    if readout == "hard":
+        expected = F.nll_loss(s_logp.reshape(-1, N_VOCAB), t_logits.argmax(-1).reshape(-1))
+    else:
+        expected = (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()  # KL(teacher || student)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+
+
+def test_a_bidirectional_student_decodes_with_the_block_it_was_trained_on(pair):
+    _, student = pair
+    prompt, k = [5, 6, 7, 8, 9], 4
+    out = generate_mtp(student, prompt, k, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k, bidirectional=True)
+    n = len(prompt)
+    block = torch.ones(n + k - 1, n + k - 1, dtype=torch.bool).tril()
+    block[n:, n:] = True  # the masks see each other both ways, as in training
+    alone, _ = student(torch.tensor([prompt + [MASK] * (k - 1)]), attn_mask=block)
+    assert out.tokens == alone[0, n - 1:, :N_VOCAB].argmax(-1).tolist()
 
 
 def test_k1_at_step_0_the_student_agrees_with_the_teacher_exactly(pair):
@@ -233,3 +270,22 @@ def test_distillation_runs_resumes_and_decodes(tiny_data, tmp_path):
     assert "| variant | static k=1 | static k=3 | tau=0.8 | tau=0.9 |" in table and "| gt |" in table
     for picture in ("ablations.png", "agreement.png"):
         assert (tmp_path / "out" / picture).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_torchrun_with_two_processes_matches_one_process_in_distillation(tiny_data, tmp_path):
+    enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
+    teacher = GPT(GPTConfig(block_size=64, vocab_size=padded_vocab_size(enc), n_layer=2, n_head=2, n_embd=32))
+    save_checkpoint(str(tmp_path / "teacher.pt"), teacher, "teacher", str(tiny_data / "tokenizer.json"))
+    distill = ["distill_mtp.py", "--teacher", str(tmp_path / "teacher.pt"), "--k_max", "4", "--batch_size", "4",
+               "--grad_accum", "2", "--eval_iters", "2", "--eval_interval", "1000", "--max_iters", "6",
+               "--device", "cpu"]
+    r = run_script(*distill, "--out", str(tmp_path / "one.pt"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *distill,
+                   "--out", str(tmp_path / "two.pt"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    single, double = load_checkpoint(str(tmp_path / "one.pt")), load_checkpoint(str(tmp_path / "two.pt"))
+    assert double["step"] == 6
+    assert double["loss_log"] == pytest.approx(single["loss_log"], abs=1e-4)
+    assert double["val_loss"] == pytest.approx(single["val_loss"], abs=1e-4)

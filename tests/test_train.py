@@ -49,7 +49,26 @@ def test_torchrun_with_two_processes_matches_one_process(tiny_data, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     double = load_checkpoint(str(tmp_path / "two.pt"))
     assert double["step"] == 10
+    assert double["loss_log"] == pytest.approx(single["loss_log"], abs=1e-4)  # every step's global-batch loss
     assert double["val_loss"] == pytest.approx(single["val_loss"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_run_and_the_same_text(tiny_data, tmp_path):
+    a = train(tiny_data, tmp_path / "a.pt", "--max_iters", "10", "--eval_interval", "1000")
+    b = train(tiny_data, tmp_path / "b.pt", "--max_iters", "10", "--eval_interval", "1000")
+    other = train(tiny_data, tmp_path / "c.pt", "--max_iters", "10", "--eval_interval", "1000", "--seed", "7")
+    assert a["loss_log"] == b["loss_log"] and a["loss_log"] != other["loss_log"]
+    for name, weight in a["model"].items():
+        assert torch.equal(b["model"][name], weight), name
+
+    def decode(*flags):
+        r = run_script("decode.py", "--ckpt", str(tmp_path / "a.pt"), "--prompt", "How many?", "--max_new_tokens",
+                       "20", "--device", "cpu", *flags)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+    assert decode() == decode()  # greedy
+    assert decode("--temperature", "1.0", "--seed", "3") == decode("--temperature", "1.0", "--seed", "3")
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -1,0 +1,79 @@
+"""Bad input: every row of docs/errors.md is run as written and must print exactly its line."""
+import os
+import re
+import shlex
+import shutil
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from data.tokenizer import load_tokenizer, padded_vocab_size
+from model import GPT, GPTConfig, save_checkpoint
+
+
+def error_table():
+    """(what was tried, command, expected output) for every row of docs/errors.md."""
+    rows = []
+    with open(os.path.join(ROOT, "docs", "errors.md")) as f:
+        for line in f:
+            cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+            if len(cells) == 3 and cells[1].startswith("`python"):
+                rows.append(tuple(c.strip("`").strip() for c in cells))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def places(tiny_data, tmp_path_factory):
+    """The files the placeholders of docs/errors.md name."""
+    d = tmp_path_factory.mktemp("errors")
+    tokenizer = str(tiny_data / "tokenizer.json")
+    enc = load_tokenizer(tokenizer)
+    model = GPT(GPTConfig(block_size=64, vocab_size=padded_vocab_size(enc), n_layer=1, n_head=2, n_embd=16))
+
+    def tokenizer_copy(name):  # a tokenizer file of its own, one byte different from the real one
+        os.makedirs(d / name)
+        shutil.copy(tokenizer, d / name / "tokenizer.json")
+        return str(d / name / "tokenizer.json")
+
+    p = {"DIR": str(d), "DATA": str(tiny_data), "TEACHER": str(d / "teacher.pt"), "DRAFT": str(d / "draft.pt"),
+         "STUDENT": str(d / "student.pt"), "CORRUPT": str(d / "corrupt.pt"), "STRANGER": str(d / "stranger.pt"),
+         "CHANGED": str(d / "changed.pt"), "MOVED": str(d / "moved.pt"), "BAD_JSONL": str(d / "bad.jsonl"),
+         "LONG": "many words " * 40}
+    save_checkpoint(p["TEACHER"], model, "teacher", tokenizer)
+    save_checkpoint(p["DRAFT"], model, "draft", tokenizer)
+    save_checkpoint(p["STUDENT"], model, "student", tokenizer, mask_id=enc.n_vocab, k_max=4)
+    with open(p["TEACHER"], "rb") as f:
+        open(p["CORRUPT"], "wb").write(f.read()[:2000])
+    stranger = tokenizer_copy("stranger")
+    open(stranger, "a").write(" ")
+    save_checkpoint(p["STRANGER"], model, "draft", stranger)
+    save_checkpoint(p["CHANGED"], model, "teacher", tokenizer_copy("changed"))
+    open(d / "changed" / "tokenizer.json", "a").write(" ")
+    save_checkpoint(p["MOVED"], model, "teacher", tokenizer_copy("moved"))
+    os.remove(d / "moved" / "tokenizer.json")
+    open(p["BAD_JSONL"], "w").write('{"question": "a", "answer": "b"}\nnot json\n')
+    return p
+
+
+@pytest.mark.parametrize("what, command, expected", error_table(), ids=[row[0] for row in error_table()])
+def test_a_bad_input_gets_one_line_saying_what_to_do(places, what, command, expected):
+    if "--device cuda" in command and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+
+    def fill(text):
+        return re.sub(r"\$([A-Z_]+)", lambda m: places[m.group(1)], text)
+
+    args = shlex.split(fill(command))
+    assert args[0] == "python"
+    r = run_script(*args[1:])
+    assert r.returncode == 1, (what, r.stdout[-500:], r.stderr[-2000:])
+    assert r.stderr.strip() == fill(expected), what  # the whole output: one line, no traceback
+
+
+def test_the_table_covers_what_the_issue_lists():
+    tried = " ".join(row[0] for row in error_table())
+    for case in ("does not exist", "corrupt", "a student where a teacher", "a teacher where a student",
+                 "another tokenizer", "longer than the context", "empty prompt", "tau above 1", "tau of 0",
+                 "k below 1", "k larger", "gamma below 1", "unknown device", "CUDA", "bad line"):
+        assert case in tried, case

@@ -1,0 +1,115 @@
+"""Never lose work. A real training process is killed (SIGKILL in the middle of a step, SIGKILL
+half-way through writing a checkpoint) or interrupted (Ctrl-C); `--resume` must then finish
+the very run an uninterrupted process finishes: same step count, same loss curve, same weights."""
+import os
+
+import pytest
+import torch
+
+from conftest import run_script
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
+from data.tokenizer import load_tokenizer, padded_vocab_size
+
+# Runs a training script with one thing changed: at the `at`-th call of a function every step
+# (or every checkpoint write) makes, the process signals itself. The signal is real; only the
+# moment is chosen, so the test does not depend on timing.
+INTERRUPT = r"""
+import io, os, runpy, signal, sys
+import torch
+how, at, script = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+sys.argv = sys.argv[3:]
+calls = 0
+
+def on_call(original, act):
+    def wrapped(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == at:
+            return act(original, *args, **kwargs)
+        return original(*args, **kwargs)
+    return wrapped
+
+def kill_mid_step(clip, *args, **kwargs):  # gradients computed, the update not yet made
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def ctrl_c(clip, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    return clip(*args, **kwargs)
+
+def kill_mid_write(save, obj, f, *args, **kwargs):  # half the bytes reach the disk, then death
+    buf = io.BytesIO()
+    save(obj, buf)
+    f.write(buf.getvalue()[:len(buf.getvalue()) // 2])
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if how == "write":
+    torch.save = on_call(torch.save, kill_mid_write)
+else:
+    torch.nn.utils.clip_grad_norm_ = on_call(torch.nn.utils.clip_grad_norm_,
+                                             kill_mid_step if how == "kill" else ctrl_c)
+runpy.run_path(script, run_name="__main__")
+"""
+
+TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--batch_size", "8",
+        "--eval_iters", "2", "--warmup_iters", "5", "--lr", "3e-3", "--device", "cpu", "--max_iters", "30",
+        "--lr_decay_iters", "30", "--eval_interval", "10"]
+
+
+def same_run(a, b):
+    assert a["step"] == b["step"]
+    assert a["loss_log"] == pytest.approx(b["loss_log"], rel=1e-6, abs=1e-7)  # the loss curve, step by step
+    for name, weight in a["model"].items():
+        torch.testing.assert_close(b["model"][name], weight, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_data, tmp_path_factory):
+    """The reference: the same 30-step run, never interrupted."""
+    out = tmp_path_factory.mktemp("straight") / "t.pt"
+    r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", str(out), *TINY)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return load_checkpoint(str(out))
+
+
+# (how, at, the exit status, the step of the checkpoint left behind). Checkpoints are written at
+# steps 10, 20 and 30; a kill loses the steps since the last one, Ctrl-C saves the step it is in.
+@pytest.mark.slow
+@pytest.mark.parametrize("how, at, status, saved_step", [
+    ("kill", 16, -9, 10),     # SIGKILL during step 16
+    ("write", 2, -9, 10),     # SIGKILL half-way through writing the step-20 checkpoint
+    ("ctrl-c", 16, 130, 16),  # SIGINT during step 16: the step finishes, is saved, the process exits
+])
+def test_an_interrupted_run_resumes_into_the_same_run(tiny_data, tmp_path, straight, how, at, status, saved_step):
+    train = ["train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "t.pt"), *TINY]
+    r = run_script("-c", INTERRUPT, how, str(at), *train)
+    assert r.returncode == status, r.stderr[-2000:]
+    left = load_checkpoint(str(tmp_path / "t.pt"))  # loads: no corrupt checkpoint was left
+    assert left["step"] == saved_step and len(left["loss_log"]) == saved_step
+    assert os.path.exists(tmp_path / "t.pt.tmp") == (how == "write")
+    if how == "ctrl-c":
+        assert "continue with: python train_ntp.py" in r.stdout
+
+    r = run_script(*train, "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resuming {tmp_path / 't.pt'} at step {saved_step}" in r.stdout
+    assert ("removed" in r.stdout) == (how == "write") and not os.path.exists(tmp_path / "t.pt.tmp")
+    same_run(straight, load_checkpoint(str(tmp_path / "t.pt")))
+
+
+@pytest.mark.slow
+def test_a_killed_distillation_resumes_into_the_same_run(tiny_data, tmp_path):
+    enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
+    teacher = GPT(GPTConfig(block_size=64, vocab_size=padded_vocab_size(enc), n_layer=2, n_head=2, n_embd=32))
+    save_checkpoint(str(tmp_path / "teacher.pt"), teacher, "teacher", str(tiny_data / "tokenizer.json"))
+    distill = ["distill_mtp.py", "--teacher", str(tmp_path / "teacher.pt"), "--k_max", "4", "--batch_size", "4",
+               "--eval_iters", "2", "--eval_interval", "4", "--max_iters", "12", "--device", "cpu"]
+    r = run_script(*distill, "--out", str(tmp_path / "straight.pt"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_script("-c", INTERRUPT, "kill", "7", *distill, "--out", str(tmp_path / "s.pt"))
+    assert r.returncode == -9 and load_checkpoint(str(tmp_path / "s.pt"))["step"] == 4
+    r = run_script(*distill, "--out", str(tmp_path / "s.pt"), "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    straight, resumed = load_checkpoint(str(tmp_path / "straight.pt")), load_checkpoint(str(tmp_path / "s.pt"))
+    same_run(straight, resumed)
+    assert resumed["agreement_log"] == straight["agreement_log"]
