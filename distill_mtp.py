@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from data.tokenizer import EOT
 from model import (UserError, add_mask_token, discard_unfinished_write, load_checkpoint, model_from_checkpoint,
-                   save_checkpoint, tokenizer_from_checkpoint)
+                   save_checkpoint, set_aside_existing, tokenizer_from_checkpoint)
 from train_ntp import all_ranks_mean, get_batch, get_lr, load_tokens, setup_distributed
 
 PRESETS = {
@@ -242,6 +242,8 @@ def main(args):
             torch.set_rng_state(ckpt["torch_rng"])
         step, loss_log = ckpt["step"], ckpt.get("loss_log", [])
         log(f"resuming {args.out} at step {step}")
+    elif master and set_aside_existing(args.out):
+        log(f"moved the existing {args.out} to {args.out}.old (to continue a run, use --resume)")
     student.train()
     raw_student = student
     if args.compile:

@@ -251,6 +251,15 @@ def save_checkpoint(path, model, kind, tokenizer, **extra):
     os.replace(tmp, path)  # atomic on POSIX and Windows
 
 
+def set_aside_existing(path):
+    """A fresh run first moves a checkpoint already at `path` to `path`.old: starting over by
+    mistake (instead of --resume) must not destroy a finished run. True if there was one."""
+    if os.path.exists(path):
+        os.replace(path, path + ".old")
+        return True
+    return False
+
+
 def discard_unfinished_write(path):
     """Remove the temporary file a killed save_checkpoint left behind; True if there was one."""
     if os.path.exists(path + ".tmp"):

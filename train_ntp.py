@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from data.tokenizer import EOT, load_tokenizer, padded_vocab_size
 from model import (GPT, GPTConfig, UserError, discard_unfinished_write, load_checkpoint, model_from_checkpoint,
-                   pick_device, save_checkpoint, tokenizer_from_checkpoint)
+                   pick_device, save_checkpoint, set_aside_existing, tokenizer_from_checkpoint)
 
 # Tuned on the 2-core CPU machines this project is developed on (see README for the runs).
 # The draft model has >= 4x fewer parameters than the teacher.
@@ -161,6 +161,8 @@ def main(args):
         step = ckpt["step"]
         log(f"resuming {args.out} at step {step}")
     else:
+        if master and set_aside_existing(args.out):
+            log(f"moved the existing {args.out} to {args.out}.old (to continue a run, use --resume)")
         vocab_size = padded_vocab_size(enc)
         config = GPTConfig(block_size=args.block_size, vocab_size=vocab_size, n_layer=args.n_layer,
                            n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)

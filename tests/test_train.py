@@ -82,6 +82,15 @@ def test_training_errors_are_one_line(tiny_data, flags, message):
     assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
+def test_a_fresh_run_sets_an_existing_checkpoint_aside(tiny_data, tmp_path):
+    train(tiny_data, tmp_path / "t.pt", "--max_iters", "3")
+    r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "t.pt"), *TINY,
+                   "--max_iters", "1")
+    assert r.returncode == 0 and f"moved the existing {tmp_path / 't.pt'} to {tmp_path / 't.pt'}.old" in r.stdout
+    assert load_checkpoint(str(tmp_path / "t.pt.old"))["step"] == 3  # the earlier run survives
+    assert load_checkpoint(str(tmp_path / "t.pt"))["step"] == 1
+
+
 def test_resuming_a_draft_as_a_teacher_is_refused(tiny_data, tmp_path):
     train(tiny_data, tmp_path / "d.pt", "--max_iters", "2", "--kind", "draft")
     r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "d.pt"), "--resume", *TINY)
