@@ -10,7 +10,7 @@
 
 PYTHON ?= python3
 DATA := data/synth
-ifdef GPU
+ifeq ($(GPU),1)
 TEACHER_PRESET := teacher_gpu
 DRAFT_PRESET := draft_gpu
 STUDENT_PRESET := gpu

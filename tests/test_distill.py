@@ -113,14 +113,18 @@ def test_the_critic_loss_scores_the_rollout_by_the_teachers_one_at_a_time_contin
 
 
 def test_a_bidirectional_student_decodes_with_the_block_it_was_trained_on(pair):
+    """Cached static-k decoding of a --bidirectional student == recomputing, at every pass, the
+    whole sequence plus k-1 masks that see each other both ways (the training layout)."""
     _, student = pair
     prompt, k = [5, 6, 7, 8, 9], 4
-    out = generate_mtp(student, prompt, k, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k, bidirectional=True)
-    n = len(prompt)
-    block = torch.ones(n + k - 1, n + k - 1, dtype=torch.bool).tril()
-    block[n:, n:] = True  # the masks see each other both ways, as in training
-    alone, _ = student(torch.tensor([prompt + [MASK] * (k - 1)]), attn_mask=block)
-    assert out.tokens == alone[0, n - 1:, :N_VOCAB].argmax(-1).tolist()
+    out = generate_mtp(student, prompt, 3 * k, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k, bidirectional=True)
+    seq = list(prompt)
+    for _ in range(3):  # three passes: the later ones run on a filled, truncated cache
+        n = len(seq)
+        pos, mask, _ = mtp_layout(n, k, torch.tensor([n - 1]), bidirectional=True)
+        logits, _ = student(torch.tensor([seq + [MASK] * (k - 1)]), pos=pos, attn_mask=mask)
+        seq += logits[0, n - 1:, :N_VOCAB].argmax(-1).tolist()
+    assert out.tokens == seq[len(prompt):]
 
 
 def test_k1_at_step_0_the_student_agrees_with_the_teacher_exactly(pair):
@@ -267,7 +271,12 @@ def test_distillation_runs_resumes_and_decodes(tiny_data, tmp_path):
         (variant, s) for variant in ("student", "gt")
         for s in ("static k=1", "static k=3", "ConfAdapt tau=0.8", "ConfAdapt tau=0.9")]
     table = (tmp_path / "out" / "ablations.md").read_text()
-    assert "| variant | static k=1 | static k=3 | tau=0.8 | tau=0.9 |" in table and "| gt |" in table
+    assert "| variant | static k=1 | static k=3 | tau=0.8 | tau=0.9 |" in table
+    gt = {row["strategy"]: row for row in rows if row["model"] == "gt"}
+    agreement = load_checkpoint(str(tmp_path / "student_gt.pt"))["agreement_log"][-1]["agreement"]
+    assert (f"| gt | {gt['static k=1']['accuracy']} | {gt['static k=3']['accuracy']} | "
+            f"{gt['ConfAdapt tau=0.8']['accuracy']} ({gt['ConfAdapt tau=0.8']['tokens_per_forward']}) |") in table
+    assert " ".join(f"{a:.2f}" for a in agreement) + " |" in table
     for picture in ("ablations.png", "agreement.png"):
         assert (tmp_path / "out" / picture).stat().st_size > 0
 

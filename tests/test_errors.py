@@ -31,7 +31,7 @@ def places(tiny_data, tmp_path_factory):
     enc = load_tokenizer(tokenizer)
     model = GPT(GPTConfig(block_size=64, vocab_size=padded_vocab_size(enc), n_layer=1, n_head=2, n_embd=16))
 
-    def tokenizer_copy(name):  # a tokenizer file of its own, one byte different from the real one
+    def tokenizer_copy(name):  # a copy of the real tokenizer file in a folder of its own
         os.makedirs(d / name)
         shutil.copy(tokenizer, d / name / "tokenizer.json")
         return str(d / name / "tokenizer.json")
@@ -71,7 +71,7 @@ def test_a_bad_input_gets_one_line_saying_what_to_do(places, what, command, expe
     assert r.stderr.strip() == fill(expected), what  # the whole output: one line, no traceback
 
 
-def test_the_table_covers_what_the_issue_lists():
+def test_the_table_covers_every_kind_of_bad_input():
     tried = " ".join(row[0] for row in error_table())
     for case in ("does not exist", "corrupt", "a student where a teacher", "a teacher where a student",
                  "another tokenizer", "longer than the context", "empty prompt", "tau above 1", "tau of 0",

@@ -53,7 +53,8 @@ runpy.run_path(script, run_name="__main__")
 
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--batch_size", "8",
         "--eval_iters", "2", "--warmup_iters", "5", "--lr", "3e-3", "--device", "cpu", "--max_iters", "30",
-        "--lr_decay_iters", "30", "--eval_interval", "10"]
+        "--lr_decay_iters", "30", "--eval_interval", "10",
+        "--dropout", "0.1"]  # dropout draws from torch's RNG: a resume must restore it too
 
 
 def same_run(a, b):

@@ -67,8 +67,10 @@ def test_the_same_seed_gives_the_same_run_and_the_same_text(tiny_data, tmp_path)
                        "20", "--device", "cpu", *flags)
         assert r.returncode == 0, r.stderr[-2000:]
         return r.stdout
-    assert decode() == decode()  # greedy
-    assert decode("--temperature", "1.0", "--seed", "3") == decode("--temperature", "1.0", "--seed", "3")
+    assert decode() == decode()  # greedy: no randomness at all
+    sampled = decode("--temperature", "1.0", "--seed", "3")
+    assert sampled == decode("--temperature", "1.0", "--seed", "3")
+    assert sampled != decode("--temperature", "1.0", "--seed", "4")
 
 
 @pytest.mark.parametrize("flags, message", [
