@@ -5,8 +5,8 @@
 #   make ablations   one student per variant of the paper's ablations, then one comparison
 #   make demo GPU=1  the same pipeline with the one-GPU presets (bf16, torch.compile, fused AdamW)
 #
-# An interrupted training run keeps its checkpoint: finish it with
-#   python train_ntp.py --preset teacher --resume   (then `make demo` again)
+# An interrupted training run keeps its checkpoint and prints the command that finishes it
+# (its own flags plus --resume); run that, then `make demo` again.
 
 PYTHON ?= python3
 DATA := data/synth

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from data.problems import final_answer, format_prompt
 from data.tokenizer import EOT
 from decode import (check_same_tokenizer, generate_mtp, generate_mtp_speculative, generate_ntp,
-                    generate_self_speculative, generate_speculative, load_for_decoding)
+                    generate_self_speculative, generate_speculative, load_for_decoding, student_k)
 from model import UserError, pick_device
 
 
@@ -166,8 +166,9 @@ def variant_name(path):
 
 
 def comparison_table(rows, students):
-    """One line per variant: accuracy % (tokens per forward) at each static k and tau, then the
-    student's last validation agreement with the teacher by block position."""
+    """One line per variant: accuracy % at each static k (whose tokens per forward is k), accuracy
+    % (tokens per forward) at each tau, then the student's last validation agreement with the
+    teacher by block position."""
     settings = list(dict.fromkeys(r["strategy"] for r in rows if r["model"] != "teacher"))
     cells = {(r["model"], r["strategy"]): r for r in rows}
     head = ["variant"] + [s.replace("ConfAdapt ", "") for s in settings] + ["val agreement with teacher by position"]
@@ -312,14 +313,24 @@ def main():
                 + [row(model, f"ConfAdapt tau={tau}", "ConfAdapt", lambda ids, tau=tau: generate_mtp(
                     student, ids, k=sckpt["k_max"], tau=tau, **mtp)) for tau in taus])
 
+    def load_student(path):
+        student, _, sckpt = load_for_decoding(path, device, kinds=("student",))
+        check_same_tokenizer(ckpt, sckpt, args.teacher, path)
+        for k in static_k:
+            student_k(k, sckpt, path, "--static_k")  # no more positions than it was trained for
+        planned = sckpt.get("args", {}).get("max_iters", 0)
+        if sckpt.get("step", 0) < planned:
+            print(f"note: {path} stopped at step {sckpt['step']} of {planned}: finish it with --resume "
+                  f"and the flags it was started with", file=sys.stderr)
+        return student, sckpt
+
     strategies = [row("teacher", "ntp greedy", "ntp", lambda ids: generate_ntp(teacher, ids, **common))]
     students = {}  # --compare: variant name -> checkpoint (for its agreement log)
     for path in args.compare or []:
         name = variant_name(path)
         if name in students:
             raise UserError(f"two students are named {name!r}: --compare needs distinct file names")
-        student, _, students[name] = load_for_decoding(path, device, kinds=("student",))
-        check_same_tokenizer(ckpt, students[name], args.teacher, path)
+        student, students[name] = load_student(path)
         strategies += mtp_rows(name, student, students[name], static_k, taus)
 
     if not args.compare:
@@ -332,8 +343,7 @@ def main():
             draft, _, dckpt = load_for_decoding(args.draft, device, kinds=("draft",))
             check_same_tokenizer(ckpt, dckpt, args.teacher, args.draft)
         if os.path.exists(args.student) and {"static", "confadapt", "self_speculative", "mtp_speculative"} & set(chosen):
-            student, _, sckpt = load_for_decoding(args.student, device, kinds=("student",))
-            check_same_tokenizer(ckpt, sckpt, args.teacher, args.student)
+            student, sckpt = load_student(args.student)
             mask_id = sckpt["mask_id"]
         if draft is not None and "draft" in chosen:
             strategies.append(row("draft", "ntp greedy", "ntp", lambda ids: generate_ntp(draft, ids, **common)))

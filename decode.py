@@ -176,7 +176,8 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < model.config.block_size:
         n_masks = min(k, model.config.block_size - len(seq)) - 1  # emitted tokens stay inside the context
-        logits = forward_new(model, cache, seq, [mask_id] * n_masks, bidirectional)  # (n_masks + 1, vocab_size)
+        logits = forward_new(model, cache, seq, [mask_id] * n_masks,
+                             extra_see_each_other=bidirectional)  # (n_masks + 1, vocab_size)
         out.n_forward += 1
         cache.truncate(len(seq))  # forget the masks' keys/values
         confidence, tokens = torch.softmax(logits[:, :n_vocab].float(), dim=-1).max(dim=-1)  # (n_masks + 1,)
@@ -296,14 +297,14 @@ def check_same_tokenizer(ckpt, other, path, other_path):
                         f"a draft must speak the target's vocabulary")
 
 
-def student_k(k, ckpt, path):
-    """--k for a student: default its k_max; more positions than it was trained on is refused
+def student_k(k, ckpt, path, flag="--k"):
+    """k for a student: default its k_max; more positions than it was trained on is refused
     (masks past k_max were never trained, so their guesses would be noise)."""
     if k is None:
         return ckpt["k_max"]
     if k > ckpt["k_max"]:
-        raise UserError(f"--k {k} is more than the {ckpt['k_max']} positions {path} was trained to predict: "
-                        f"use --k {ckpt['k_max']} or less")
+        raise UserError(f"{flag} {k} is more than the {ckpt['k_max']} positions {path} was trained to predict: "
+                        f"use {flag} {ckpt['k_max']} or less")
     return k
 
 
@@ -356,6 +357,9 @@ def main():
         raise UserError(f"--draft needs a teacher as --ckpt, but {args.ckpt} is a {ckpt['kind']}")
     if args.self_speculative and ckpt["kind"] != "student":
         raise UserError(f"--self-speculative needs a student as --ckpt, but {args.ckpt} is a {ckpt['kind']}")
+    if args.self_speculative and ckpt.get("bidirectional"):
+        raise UserError(f"{args.ckpt} was distilled with --bidirectional blocks; self-speculative decoding drafts "
+                        f"with causal ones: use ConfAdapt or static k with it")
     text = args.prompt if args.raw else format_prompt(args.prompt.strip())
     prompt_ids = enc.encode_ordinary(text) if args.prompt.strip() else []
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
@@ -367,6 +371,9 @@ def main():
         drafter, _, dckpt = load_for_decoding(args.draft, device, kinds=("draft", "student"))
         check_same_tokenizer(ckpt, dckpt, args.ckpt, args.draft)
         if dckpt["kind"] == "student":
+            if dckpt.get("bidirectional"):
+                raise UserError(f"{args.draft} was distilled with --bidirectional blocks; MTP-drafted speculative "
+                                f"decoding drafts with causal ones: draft with a causal student")
             k = student_k(args.k, dckpt, args.draft)
             out = generate_mtp_speculative(model, drafter, mask_id=dckpt["mask_id"], k=k, **common)
             how = f"MTP-drafted speculative, student drafts k={k} per pass"

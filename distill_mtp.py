@@ -36,7 +36,8 @@ from tqdm import tqdm
 from data.tokenizer import EOT
 from model import (UserError, add_mask_token, discard_unfinished_write, load_checkpoint, model_from_checkpoint,
                    save_checkpoint, set_aside_existing, tokenizer_from_checkpoint)
-from train_ntp import all_ranks_mean, get_batch, get_lr, load_tokens, setup_distributed
+from train_ntp import (all_ranks_mean, check_same_run, get_batch, get_lr, load_tokens, resume_command,
+                       setup_distributed)
 
 PRESETS = {
     # Denser prediction points than the paper's N / (2 k_max): each block adds only k-1 tokens
@@ -234,6 +235,7 @@ def main(args):
         log(f"removed {args.out}.tmp: a checkpoint write that was killed before it finished")
     if args.resume:
         ckpt = load_checkpoint(args.out, kinds=("student",), device=device)
+        check_same_run(ckpt["args"], args, args.out)
         student.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         for g, name in ((data_gen, "data_gen"), (k_gen, "k_gen"), (offset_gen, "offset_gen")):
@@ -242,8 +244,8 @@ def main(args):
             torch.set_rng_state(ckpt["torch_rng"])
         step, loss_log = ckpt["step"], ckpt.get("loss_log", [])
         log(f"resuming {args.out} at step {step}")
-    elif master and set_aside_existing(args.out):
-        log(f"moved the existing {args.out} to {args.out}.old (to continue a run, use --resume)")
+    elif master and os.path.exists(args.out):
+        log(f"moved the existing {args.out} to {set_aside_existing(args.out)} (to continue a run, use --resume)")
     student.train()
     raw_student = student
     if args.compile:
@@ -298,7 +300,9 @@ def main(args):
     micro_steps = args.grad_accum // world
     bar = tqdm(total=args.max_iters, initial=step, desc="student", disable=not master, dynamic_ncols=True)
     t0, val_loss = time.time(), float("nan")
-    evaluated_at = step if args.resume else -1  # a resumed checkpoint was validated at its step
+    # Validate at step 0 too (the starting agreement is the first point of the curves); a resumed
+    # checkpoint was validated at its step already.
+    evaluated_at = step if args.resume else -1
     while step < args.max_iters and not stop:
         if step % args.eval_interval == 0 and step != evaluated_at and master:
             val_loss, agree = validate()
@@ -345,7 +349,7 @@ def main(args):
         log(f"{'stopped' if stop else 'done'} at step {step}: val loss {val_loss:.4f}, agreement by position "
             + " ".join(f"{a:.2f}" for a in agree.tolist()) + f", {(time.time() - t0) / 60:.1f} min -> {args.out}")
         if stop:
-            log(f"continue with: python distill_mtp.py --out {args.out} --resume")
+            log(f"continue with: {resume_command(args)}")
     if ddp:
         dist.destroy_process_group()
     if stop:

@@ -252,12 +252,16 @@ def save_checkpoint(path, model, kind, tokenizer, **extra):
 
 
 def set_aside_existing(path):
-    """A fresh run first moves a checkpoint already at `path` to `path`.old: starting over by
-    mistake (instead of --resume) must not destroy a finished run. True if there was one."""
-    if os.path.exists(path):
-        os.replace(path, path + ".old")
-        return True
-    return False
+    """A fresh run first moves a checkpoint already at `path` to `path`.old (or .old1, .old2, ...
+    if that is taken): starting over by mistake, instead of --resume, must not destroy a run.
+    Returns where it went, or None if there was nothing at `path`."""
+    if not os.path.exists(path):
+        return None
+    target, n = path + ".old", 1
+    while os.path.exists(target):
+        target, n = f"{path}.old{n}", n + 1
+    os.replace(path, target)
+    return target
 
 
 def discard_unfinished_write(path):
@@ -289,8 +293,8 @@ def tokenizer_from_checkpoint(ckpt, path=None):
     """The tokenizer the checkpoint was trained with (or `path`), checked to be the same file."""
     path = path or ckpt["tokenizer"]
     if not os.path.isfile(path):
-        raise UserError(f"the tokenizer this model was trained with is missing ({path}): rerun "
-                        f"data/prepare.py with the same settings, or restore the file")
+        raise UserError(f"the tokenizer this model was trained with is missing ({path}, relative to the folder "
+                        f"training ran in): run from that folder, or rerun data/prepare.py with the same settings")
     enc = load_tokenizer(path)
     if file_md5(path) != ckpt["tokenizer_md5"]:
         raise UserError(f"the tokenizer at {path} is not the one this model was trained with "

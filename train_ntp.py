@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import math
 import os
+import shlex
 import signal
 import sys
 import time
@@ -130,9 +131,29 @@ def setup_distributed(device_arg, grad_accum):
 
 
 def all_ranks_mean(value, device):
+    """The mean of a float over every process of the run."""
     t = torch.tensor(value, device=device)
     dist.all_reduce(t)  # sum over ranks (gloo has no average)
     return t.item() / dist.get_world_size()
+
+
+# Flags a resumed run may change; any other flag must be as the run began, or --resume would
+# quietly continue a different run (another lr, another model, another variant).
+MAY_CHANGE_ON_RESUME = {"resume", "preset", "out", "device", "compile", "max_iters", "lr_decay_iters",
+                        "eval_interval", "eval_iters", "show_mask"}
+
+
+def check_same_run(saved, args, path):
+    changed = [k for k, v in vars(args).items() if k not in MAY_CHANGE_ON_RESUME and k in saved and saved[k] != v]
+    if changed:
+        raise UserError(f"{path} was trained with " + ", ".join(f"--{k} {saved[k]}" for k in changed)
+                        + ", not " + ", ".join(f"--{k} {getattr(args, k)}" for k in changed)
+                        + ": resume with the run's own flags (shown in the log), or start a new run")
+
+
+def resume_command(args):
+    """The command line that continues this run."""
+    return shlex.join(["python", *sys.argv] + ([] if args.resume else ["--resume"]))
 
 
 def main(args):
@@ -156,13 +177,15 @@ def main(args):
         log(f"removed {args.out}.tmp: a checkpoint write that was killed before it finished")
     if args.resume:
         ckpt = load_checkpoint(args.out, kinds=(args.kind,), device=device)
+        check_same_run(ckpt["args"], args, args.out)
         tokenizer_from_checkpoint(ckpt, tokenizer_path)  # the data must be tokenized as before
         model = model_from_checkpoint(ckpt, device).train()
         step = ckpt["step"]
         log(f"resuming {args.out} at step {step}")
     else:
-        if master and set_aside_existing(args.out):
-            log(f"moved the existing {args.out} to {args.out}.old (to continue a run, use --resume)")
+        moved_to = set_aside_existing(args.out) if master else None
+        if moved_to:
+            log(f"moved the existing {args.out} to {moved_to} (to continue a run, use --resume)")
         vocab_size = padded_vocab_size(enc)
         config = GPTConfig(block_size=args.block_size, vocab_size=vocab_size, n_layer=args.n_layer,
                            n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
@@ -247,7 +270,7 @@ def main(args):
         log(f"{'stopped' if stop else 'done'} at step {step}: train loss {train_loss}, "
             f"val loss {val_loss:.4f}, {elapsed / 60:.1f} min -> {args.out}")
         if stop:
-            log(f"continue with: python train_ntp.py --preset {args.preset} --out {args.out} --resume")
+            log(f"continue with: {resume_command(args)}")
     if ddp:
         dist.destroy_process_group()
     if stop:

@@ -39,7 +39,7 @@ def places(tiny_data, tmp_path_factory):
     p = {"DIR": str(d), "DATA": str(tiny_data), "TEACHER": str(d / "teacher.pt"), "DRAFT": str(d / "draft.pt"),
          "STUDENT": str(d / "student.pt"), "CORRUPT": str(d / "corrupt.pt"), "STRANGER": str(d / "stranger.pt"),
          "CHANGED": str(d / "changed.pt"), "MOVED": str(d / "moved.pt"), "BAD_JSONL": str(d / "bad.jsonl"),
-         "LONG": "many words " * 40}
+         "SHORT_RUN": str(d / "short_run.pt"), "LONG": "many words " * 40}
     save_checkpoint(p["TEACHER"], model, "teacher", tokenizer)
     save_checkpoint(p["DRAFT"], model, "draft", tokenizer)
     save_checkpoint(p["STUDENT"], model, "student", tokenizer, mask_id=enc.n_vocab, k_max=4)
@@ -53,6 +53,9 @@ def places(tiny_data, tmp_path_factory):
     save_checkpoint(p["MOVED"], model, "teacher", tokenizer_copy("moved"))
     os.remove(d / "moved" / "tokenizer.json")
     open(p["BAD_JSONL"], "w").write('{"question": "a", "answer": "b"}\nnot json\n')
+    r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", p["SHORT_RUN"], "--max_iters", "2",
+                   "--eval_iters", "1", "--device", "cpu")
+    assert r.returncode == 0, r.stderr[-2000:]
     return p
 
 

@@ -91,6 +91,10 @@ def test_a_fresh_run_sets_an_existing_checkpoint_aside(tiny_data, tmp_path):
     assert r.returncode == 0 and f"moved the existing {tmp_path / 't.pt'} to {tmp_path / 't.pt'}.old" in r.stdout
     assert load_checkpoint(str(tmp_path / "t.pt.old"))["step"] == 3  # the earlier run survives
     assert load_checkpoint(str(tmp_path / "t.pt"))["step"] == 1
+    r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "t.pt"), *TINY,
+                   "--max_iters", "2")
+    assert r.returncode == 0 and f"to {tmp_path / 't.pt'}.old1" in r.stdout  # .old is taken: never overwritten
+    assert [load_checkpoint(str(tmp_path / f))["step"] for f in ("t.pt.old", "t.pt.old1", "t.pt")] == [3, 1, 2]
 
 
 def test_resuming_a_draft_as_a_teacher_is_refused(tiny_data, tmp_path):
