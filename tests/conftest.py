@@ -22,3 +22,15 @@ def tiny_data(tmp_path_factory):
                    "--n_test", "50", "--seed", "7")
     assert r.returncode == 0, r.stderr
     return out
+
+
+def untrained_teacher(data_dir, path):
+    """Save a small random GPT over the dataset at `path` as a teacher checkpoint: the
+    distillation tests check mechanics, which need no trained teacher. Returns `path`."""
+    from data.tokenizer import load_tokenizer, padded_vocab_size
+    from model import GPT, GPTConfig, save_checkpoint
+    tokenizer = str(data_dir / "tokenizer.json")
+    config = GPTConfig(block_size=64, vocab_size=padded_vocab_size(load_tokenizer(tokenizer)), n_layer=2, n_head=2,
+                       n_embd=32)
+    save_checkpoint(str(path), GPT(config), "teacher", tokenizer)
+    return str(path)

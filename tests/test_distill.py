@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_script
-from data.tokenizer import load_tokenizer, padded_vocab_size
+from conftest import run_script, untrained_teacher
+from data.tokenizer import load_tokenizer
 from decode import generate_mtp, generate_ntp
 from distill_mtp import DEFAULTS, distill_loss, make_student, mtp_layout, prediction_points
-from model import GPT, GPTConfig, UserError, add_mask_token, load_checkpoint, save_checkpoint
+from model import GPT, GPTConfig, UserError, add_mask_token, load_checkpoint
 
 N_VOCAB, VOCAB = 120, 128            # the tokenizer's ids, and the padded model vocabulary
 MASK = N_VOCAB                       # <MTP> takes the first free slot
@@ -283,10 +283,7 @@ def test_distillation_runs_resumes_and_decodes(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_with_two_processes_matches_one_process_in_distillation(tiny_data, tmp_path):
-    enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
-    teacher = GPT(GPTConfig(block_size=64, vocab_size=padded_vocab_size(enc), n_layer=2, n_head=2, n_embd=32))
-    save_checkpoint(str(tmp_path / "teacher.pt"), teacher, "teacher", str(tiny_data / "tokenizer.json"))
-    distill = ["distill_mtp.py", "--teacher", str(tmp_path / "teacher.pt"), "--k_max", "4", "--batch_size", "4",
+    distill = ["distill_mtp.py", "--teacher", untrained_teacher(tiny_data, tmp_path / "teacher.pt"), "--k_max", "4", "--batch_size", "4",
                "--grad_accum", "2", "--eval_iters", "2", "--eval_interval", "1000", "--max_iters", "6",
                "--device", "cpu"]
     r = run_script(*distill, "--out", str(tmp_path / "one.pt"))

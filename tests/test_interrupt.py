@@ -6,9 +6,8 @@ import os
 import pytest
 import torch
 
-from conftest import run_script
-from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
-from data.tokenizer import load_tokenizer, padded_vocab_size
+from conftest import run_script, untrained_teacher
+from model import load_checkpoint
 
 # Runs a training script with one thing changed: at the `at`-th call of a function every step
 # (or every checkpoint write) makes, the process signals itself. The signal is real; only the
@@ -100,10 +99,7 @@ def test_an_interrupted_run_resumes_into_the_same_run(tiny_data, tmp_path, strai
 
 @pytest.mark.slow
 def test_a_killed_distillation_resumes_into_the_same_run(tiny_data, tmp_path):
-    enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
-    teacher = GPT(GPTConfig(block_size=64, vocab_size=padded_vocab_size(enc), n_layer=2, n_head=2, n_embd=32))
-    save_checkpoint(str(tmp_path / "teacher.pt"), teacher, "teacher", str(tiny_data / "tokenizer.json"))
-    distill = ["distill_mtp.py", "--teacher", str(tmp_path / "teacher.pt"), "--k_max", "4", "--batch_size", "4",
+    distill = ["distill_mtp.py", "--teacher", untrained_teacher(tiny_data, tmp_path / "teacher.pt"), "--k_max", "4", "--batch_size", "4",
                "--eval_iters", "2", "--eval_interval", "4", "--max_iters", "12", "--device", "cpu"]
     r = run_script(*distill, "--out", str(tmp_path / "straight.pt"))
     assert r.returncode == 0, r.stderr[-2000:]
