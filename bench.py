@@ -118,6 +118,20 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (no screen needed); imported when a plot is made."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(plt, fig, path, rect=(0, 0, 1, 1)):
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 FAMILY_STYLE = {  # how each family is drawn in the Pareto picture
     "ntp": ("black", "o"), "static k": ("tab:red", "s"), "ConfAdapt": ("tab:blue", "D"),
     "speculative": ("tab:green", "^"), "self-speculative": ("tab:purple", "v"),
@@ -128,9 +142,7 @@ FAMILY_STYLE = {  # how each family is drawn in the Pareto picture
 def pareto_plot(rows, path, title):
     """Accuracy against acceleration, one marker per row, like the paper's figure 5: left by
     tokens per forward pass (the paper's x-axis), right by measured wall-clock speed-up."""
-    import matplotlib
-    matplotlib.use("Agg")  # no screen needed
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
     for ax, x, label in ((axes[0], "tokens_per_forward", "tokens per forward pass (of the model that decides)"),
                          (axes[1], "speedup", "wall-clock speed-up over teacher NTP greedy")):
@@ -151,9 +163,7 @@ def pareto_plot(rows, path, title):
     axes[0].set_ylabel("accuracy on held-out problems (%)")
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 # --------------------------------------------------------------------------------------
@@ -187,9 +197,7 @@ def comparison_table(rows, students):
 def ablation_plot(rows, path, title):
     """Accuracy against tokens per forward, a colour per variant: ConfAdapt as a solid curve
     over tau, static k as a dashed one; the teacher as a black star."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     teacher = rows[0]
     ax.scatter([1.0], [teacher["accuracy"]], color="black", marker="*", s=120, label="teacher NTP", zorder=3)
@@ -204,17 +212,13 @@ def ablation_plot(rows, path, title):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path)
 
 
 def agreement_plot(students, path):
     """The per-position agreement with the teacher that distill_mtp.py logged at every validation:
     a panel per block position j, a line per variant. The critic trains exactly this quantity."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     k_max = max(len(c["agreement_log"][0]["agreement"]) for c in students.values())
     cols = 4
     fig, axes = plt.subplots((k_max + cols - 1) // cols, cols, figsize=(12, 3 * ((k_max + cols - 1) // cols)),
@@ -232,9 +236,7 @@ def agreement_plot(students, path):
     for ax in axes[:, 0]:
         ax.set_ylabel("agreement with teacher")
     fig.legend(loc="lower center", ncol=len(students), fontsize=8)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(plt, fig, path, rect=(0, 0.06, 1, 1))  # room below for the legend
 
 
 # --------------------------------------------------------------------------------------

@@ -244,8 +244,10 @@ def main(args):
             torch.set_rng_state(ckpt["torch_rng"])
         step, loss_log = ckpt["step"], ckpt.get("loss_log", [])
         log(f"resuming {args.out} at step {step}")
-    elif master and os.path.exists(args.out):
-        log(f"moved the existing {args.out} to {set_aside_existing(args.out)} (to continue a run, use --resume)")
+    else:
+        moved_to = set_aside_existing(args.out) if master else None
+        if moved_to:
+            log(f"moved the existing {args.out} to {moved_to} (to continue a run, use --resume)")
     student.train()
     raw_student = student
     if args.compile:
