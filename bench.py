@@ -27,6 +27,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from data.check import check_answer, step_kind
 from data.problems import final_answer, format_prompt
 from data.tokenizer import EOT
 from decode import (check_same_tokenizer, generate_mtp, generate_mtp_speculative, generate_ntp,
@@ -53,7 +54,8 @@ def run_bench(strategies, problems, enc):
     for s in strategies:  # warm-up: the first call pays for allocations, not decoding
         s["decode"](enc.encode_ordinary(format_prompt(problems[0]["question"])))
         s.update(correct=0, tokens=0, seconds=0.0, tpf=0.0, forwards=0, draft_forwards=0, outputs=[],
-                 steps=0, accepted=0, proposed_at=[], accepted_at=[])
+                 steps=0, accepted=0, proposed_at=[], accepted_at=[], well_formed=0, worked=0, worked_right=0,
+                 step_kinds={})
     bars = [tqdm(total=s["n"], desc=f"{s['model']} {s['strategy']}"[:36].ljust(36), position=i, leave=True,
                  dynamic_ncols=True, mininterval=1.0) for i, s in enumerate(strategies)]
     for i, problem in enumerate(problems):
@@ -65,7 +67,16 @@ def run_bench(strategies, problems, enc):
             t0 = time.perf_counter()
             gen = s["decode"](prompt_ids)
             s["seconds"] += time.perf_counter() - t0
-            s["correct"] += final_answer(enc.decode([t for t in gen.tokens if t != eos_id])) == expected
+            answer = enc.decode([t for t in gen.tokens if t != eos_id])
+            s["correct"] += final_answer(answer) == expected
+            checked = check_answer(problem["question"], answer, expected)  # data/check.py
+            s["well_formed"] += checked.well_formed
+            s["worked"] += len(checked.steps)
+            s["worked_right"] += checked.steps_right
+            for a, op, b, _, right in checked.steps:  # wrong steps by kind ("* 2d x 1d -> 3d")
+                wrong_total = s["step_kinds"].setdefault(step_kind(a, op, b), [0, 0])
+                wrong_total[0] += not right
+                wrong_total[1] += 1
             s["outputs"].append(gen.tokens)
             s["tokens"] += len(gen.tokens)
             s["tpf"] += gen.tokens_per_forward  # averaged per generation, as the paper does
@@ -91,6 +102,9 @@ def run_bench(strategies, problems, enc):
         done = len(s["outputs"])
         row = {"model": s["model"], "strategy": s["strategy"], "family": s.get("family", s["strategy"]),
                "n": done, "accuracy": round(100 * s["correct"] / done, 1),
+               "well_formed": round(100 * s["well_formed"] / done, 1),
+               "steps_right": round(100 * s["worked_right"] / max(1, s["worked"]), 1),
+               "step_kinds": s["step_kinds"],
                "tokens_per_forward": round(s["tpf"] / done, 2),
                "forwards": round(s["forwards"] / done, 1), "draft_forwards": round(s["draft_forwards"] / done, 1),
                "accepted_per_step": round(s["accepted"] / s["steps"], 2) if s["steps"] else None,
@@ -107,14 +121,23 @@ def run_bench(strategies, problems, enc):
 
 
 def markdown_table(rows):
-    cols = ["model", "strategy", "n", "accuracy", "tokens_per_forward", "accepted_per_step", "draft_forwards",
-            "tokens_per_second", "speedup", "identical"]
-    head = ["model", "strategy", "problems", "accuracy %", "tokens/forward", "accepted drafts/step",
-            "draft passes/problem", "tokens/s", "speed-up", "identical to reference %"]
+    cols = ["model", "strategy", "n", "accuracy", "well_formed", "steps_right", "tokens_per_forward",
+            "accepted_per_step", "draft_forwards", "tokens_per_second", "speedup", "identical"]
+    head = ["model", "strategy", "problems", "accuracy %", "well-formed %", "steps right %", "tokens/forward",
+            "accepted drafts/step", "draft passes/problem", "tokens/s", "speed-up", "identical to reference %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = {**r, "draft_forwards": r["draft_forwards"] or None}
         lines.append("| " + " | ".join("" if cells[c] is None else str(cells[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def step_table(row):
+    """Which worked steps a row gets wrong, by operator and digits (data/check.py's step_kind)."""
+    lines = [f"Worked steps of {row['model']} {row['strategy']}, by kind:", "",
+             "| step | count | wrong % |", "|---|---|---|"]
+    for kind, (wrong, total) in sorted(row["step_kinds"].items()):
+        lines.append(f"| `{kind}` | {total} | {100 * wrong / total:.1f} |")
     return "\n".join(lines)
 
 
@@ -282,7 +305,7 @@ def main():
     p.add_argument("--test", default=None, help="test.jsonl (default: next to the teacher's tokenizer)")
     p.add_argument("--n", type=int, default=400, help="test problems (400: the default run fits in 10 CPU minutes)")
     p.add_argument("--n_uncached", type=int, default=50, help="problems for the slow no-cache row")
-    p.add_argument("--max_new_tokens", type=int, default=160)
+    p.add_argument("--max_new_tokens", type=int, default=256, help="at most (the context ends generation too)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out_dir", default="out")
     args = p.parse_args()
@@ -380,7 +403,7 @@ def main():
     minutes = (time.time() - t0) / 60
     os.makedirs(args.out_dir, exist_ok=True)
     stem = "ablations" if args.compare else "bench"
-    table = markdown_table(rows)
+    table = markdown_table(rows) + "\n\n" + step_table(rows[0])
     if args.compare:
         table = comparison_table(rows, students) + "\n\nEvery row:\n\n" + table
     command = "python bench.py " + " ".join(sys.argv[1:])

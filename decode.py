@@ -328,7 +328,7 @@ def main():
     p.add_argument("--ckpt", default="out/teacher.pt", help="checkpoint to decode with")
     p.add_argument("--prompt", required=True, help="a question (wrapped as 'Question: ...\\nAnswer:')")
     p.add_argument("--raw", action="store_true", help="feed --prompt as it is, without the question wrapper")
-    p.add_argument("--max_new_tokens", type=int, default=200)
+    p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole sequence every step")

@@ -219,8 +219,8 @@ def main(args):
     data_dir = os.path.dirname(teacher_ckpt["tokenizer"])
     eot_id = enc.encode(EOT, allowed_special={EOT})[0]
     block_size = teacher.config.block_size
-    train_data, train_starts = load_tokens(data_dir, "train", eot_id, block_size)
-    val_data, val_starts = load_tokens(data_dir, "val", eot_id, block_size)
+    train_data, train_starts, _ = load_tokens(data_dir, "train", eot_id, block_size)
+    val_data, val_starts, _ = load_tokens(data_dir, "val", eot_id, block_size)
     n_points = args.points or max(1, block_size // (2 * args.k_max))  # paper: M = N / (2 k_max)
     if args.k_max >= block_size:
         raise UserError(f"--k_max {args.k_max} must be smaller than the context ({block_size})")

@@ -33,7 +33,8 @@ from model import (GPT, GPTConfig, UserError, discard_unfinished_write, load_che
 # The draft model has >= 4x fewer parameters than the teacher.
 PRESETS = {
     "teacher": dict(kind="teacher", out="out/teacher.pt", n_layer=4, n_head=4, n_embd=128,
-                    batch_size=16, grad_accum=1, max_iters=2400, lr=4e-3, min_lr=2e-4, warmup_iters=100),
+                    batch_size=16, grad_accum=1, max_iters=3600, lr=4e-3, min_lr=2e-4, warmup_iters=100,
+                    bf16=True),
     "draft": dict(kind="draft", out="out/draft.pt", n_layer=2, n_head=2, n_embd=64,
                   batch_size=16, grad_accum=1, max_iters=1500, lr=3e-3, min_lr=1e-4, warmup_iters=100),
     "teacher_gpu": dict(kind="teacher", out="out/teacher.pt", n_layer=8, n_head=8, n_embd=512,
@@ -46,7 +47,7 @@ PRESETS = {
 # lr_decay_iters: where the cosine ends; 0 means at max_iters.
 DEFAULTS = dict(data_dir="data/synth", block_size=256, dropout=0.0, weight_decay=0.1, beta1=0.9,
                 beta2=0.95, grad_clip=1.0, eval_interval=250, eval_iters=20, seed=1337,
-                device="auto", compile=False, lr_decay_iters=0)
+                device="auto", compile=False, bf16=None, loss_on="all", lr_decay_iters=0)
 
 
 def parse_args(argv=None):
@@ -57,6 +58,12 @@ def parse_args(argv=None):
         if key == "compile":
             p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                            help="torch.compile the model")
+        elif key == "bf16":
+            p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                           help="bf16 autocast (default: on CUDA only; CPUs with bf16 units gain too)")
+        elif key == "loss_on":
+            p.add_argument("--loss_on", choices=["all", "answers"], default=None,
+                           help="train on every token, or only on the answers of question/answer documents")
         elif key == "kind":
             p.add_argument("--kind", choices=["teacher", "draft"], default=None, help="what the checkpoint is for")
         else:
@@ -77,8 +84,9 @@ def get_lr(step, args):
     return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
 
 
-def load_tokens(data_dir, split, eot_id, block_size):
-    """The token stream of a split, and the offsets where its documents start."""
+def load_tokens(data_dir, split, eot_id, block_size, marker_ids=None):
+    """The token stream of a split, the offsets where its documents start, and (given the
+    ids of "Answer", ":") the question_mask of the tokens left out of the loss, else None."""
     path = os.path.join(data_dir, f"{split}.bin")
     if not os.path.exists(path):
         raise UserError(f"no {split} data at {path}: run `python data/prepare.py` first")
@@ -86,27 +94,45 @@ def load_tokens(data_dir, split, eot_id, block_size):
     if len(data) <= block_size + 1:
         raise UserError(f"{path} has {len(data)} tokens, fewer than one window of {block_size + 1}")
     starts = np.concatenate([[0], np.flatnonzero(data == eot_id) + 1])
-    return data, starts[starts < len(data) - block_size - 1]
+    no_loss = question_mask(data, starts, marker_ids) if marker_ids else None
+    return data, starts[starts < len(data) - block_size - 1], no_loss
 
 
-def get_batch(data, starts, n, block_size, generator):
+def question_mask(data, starts, marker_ids):
+    """True on the tokens of each document up to and including its "Answer:" marker: the
+    question, which --loss_on answers leaves out of the loss (its names and numbers are
+    random, so predicting them teaches nothing). Documents without a marker keep all tokens."""
+    marker = np.flatnonzero((data[:-1] == marker_ids[0]) & (data[1:] == marker_ids[1]))  # "Answer", ":"
+    doc = np.searchsorted(starts, marker, side="right") - 1  # the document each marker is in
+    first = np.unique(doc, return_index=True)[1]  # only a document's first marker ends its question
+    diff = np.zeros(len(data) + 1, dtype=np.int32)
+    np.add.at(diff, starts[doc[first]], 1)
+    np.add.at(diff, marker[first] + 2, -1)
+    return np.cumsum(diff[:-1]) > 0
+
+
+def get_batch(data, starts, n, block_size, generator, no_loss=None):
     """n windows of block_size + 1 tokens, each starting at a document's first token (a window
     that starts mid-problem would train on an answer whose question it cannot see).
-    Returns inputs x and next-token targets y, (n, block_size) each."""
+    Returns inputs x and next-token targets y, (n, block_size) each; y is -1 (no loss) where
+    `no_loss` is True at the target token."""
     ix = starts[torch.randint(len(starts), (n,), generator=generator).numpy()]
     x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
     y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    if no_loss is not None:
+        y[torch.from_numpy(np.stack([no_loss[i + 1:i + 1 + block_size] for i in ix]))] = -1
     return x, y
 
 
 @torch.no_grad()
-def estimate_loss(model, data, starts, args, device, autocast):
-    """Mean loss on the same eval_iters batches every time (a fixed seed), so numbers compare."""
+def estimate_loss(model, data, starts, no_loss, args, device, autocast):
+    """Mean loss on the same eval_iters batches every time (a fixed seed), so numbers compare
+    (between runs with the same --loss_on)."""
     model.eval()
     generator = torch.Generator().manual_seed(0)
     losses = []
     for _ in range(args.eval_iters):
-        x, y = get_batch(data, starts, args.batch_size, args.block_size, generator)
+        x, y = get_batch(data, starts, args.batch_size, args.block_size, generator, no_loss)
         with autocast:
             losses.append(model(x.to(device), y.to(device))[1].item())
     model.train()
@@ -168,8 +194,9 @@ def main(args):
         raise UserError(f"no tokenizer at {tokenizer_path}: run `python data/prepare.py` first")
     enc = load_tokenizer(tokenizer_path)
     eot_id = enc.encode(EOT, allowed_special={EOT})[0]
-    train_data, train_starts = load_tokens(args.data_dir, "train", eot_id, args.block_size)
-    val_data, val_starts = load_tokens(args.data_dir, "val", eot_id, args.block_size)
+    marker_ids = enc.encode_ordinary("Answer:") if args.loss_on == "answers" else None
+    train_data, train_starts, train_no_loss = load_tokens(args.data_dir, "train", eot_id, args.block_size, marker_ids)
+    val_data, val_starts, val_no_loss = load_tokens(args.data_dir, "val", eot_id, args.block_size, marker_ids)
 
     # The model: fresh, or the checkpoint we resume from (with its optimizer and data stream).
     step, ckpt = 0, None
@@ -208,8 +235,8 @@ def main(args):
         model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-    autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device_type == "cuda"
-                else contextlib.nullcontext())
+    bf16 = device_type == "cuda" if args.bf16 is None else args.bf16
+    autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
     def checkpoint(val_loss):
         save_checkpoint(args.out, raw_model, args.kind, tokenizer_path, step=step,
@@ -231,14 +258,15 @@ def main(args):
     evaluated_at = step  # step 0 needs no evaluation; a resumed checkpoint had one at its step
     while step < args.max_iters and not stop:
         if step % args.eval_interval == 0 and step != evaluated_at and master:
-            val_loss = estimate_loss(raw_model, val_data, val_starts, args, device, autocast)
+            val_loss = estimate_loss(raw_model, val_data, val_starts, val_no_loss, args, device, autocast)
             bar.write(f"step {step}: val loss {val_loss:.4f}")
             checkpoint(val_loss)
 
         lr = get_lr(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = get_batch(train_data, train_starts, args.batch_size * args.grad_accum, args.block_size, generator)
+        x, y = get_batch(train_data, train_starts, args.batch_size * args.grad_accum, args.block_size, generator,
+                         train_no_loss)
         mine = list(range(rank, args.grad_accum, world))  # micro-batches of this rank
         loss_sum = 0.0
         for i, micro in enumerate(mine):
@@ -263,7 +291,7 @@ def main(args):
     bar.close()
 
     if master:
-        val_loss = estimate_loss(raw_model, val_data, val_starts, args, device, autocast)
+        val_loss = estimate_loss(raw_model, val_data, val_starts, val_no_loss, args, device, autocast)
         checkpoint(val_loss)
         elapsed = time.time() - t0
         train_loss = f"{loss_log[-1]:.4f}" if loss_log else "-"

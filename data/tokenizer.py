@@ -7,8 +7,8 @@ algorithm: repeatedly merge the most frequent adjacent pair) and hand tiktoken t
 Two choices matter for this project:
 - The split pattern puts every digit in a token of its own. A model that sees "48" as one
   token must memorise 48 as a symbol; with digits it can learn column arithmetic.
-- The vocabulary is padded to a multiple of 64. The unused slots are free ids: the MTP
-  student takes one of them for its `<MTP>` mask token (see model.py).
+- The vocabulary is padded to a multiple of 64, always with at least one unused slot: the
+  MTP student takes a free id for its `<MTP>` mask token (see model.py).
 
 The tokenizer is saved as one JSON file (pattern, merged tokens in rank order, special
 tokens, padded size) that `load_tokenizer` turns back into a `tiktoken.Encoding`.
@@ -70,8 +70,9 @@ def make_encoding(tokens, name="mtp-bpe"):
 
 
 def padded_vocab_size(enc):
-    """The model's vocabulary: the tokenizer's, rounded up to a multiple of 64."""
-    return -(-enc.n_vocab // PAD_TO) * PAD_TO
+    """The model's vocabulary: the tokenizer's plus at least one free slot (for <MTP>),
+    rounded up to a multiple of 64."""
+    return -(-(enc.n_vocab + 1) // PAD_TO) * PAD_TO
 
 
 def save_tokenizer(tokens, path):

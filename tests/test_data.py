@@ -8,12 +8,13 @@ import pytest
 
 from conftest import run_script
 from data import problems
+from data.check import check_answer
 from data.tokenizer import EOT, load_tokenizer, padded_vocab_size
 
 
 def test_the_generator_has_the_promised_breadth():
-    assert len(problems.FAMILIES) >= 4
-    assert len(problems.TEMPLATES) >= 20
+    assert len(problems.FAMILIES) >= 6
+    assert len(problems.TEMPLATES) >= 24
 
 
 @pytest.mark.parametrize("template", problems.TEMPLATES, ids=lambda t: t.__name__)
@@ -21,27 +22,126 @@ def test_every_template_meets_the_difficulty_floor(template):
     rng = random.Random(0)
     for _ in range(50):
         p = problems.make_problem(rng, template)
-        steps = problems.STEP.findall(p["answer"])
-        assert 2 <= len(steps) <= 4, p
-        for a, op, b, c in steps:
-            a, b, c = int(a), int(b), int(c)
-            assert c == {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op], p  # arithmetic is right
+        checked = check_answer(p["question"], p["answer"])
+        assert checked.well_formed, (checked.problem, p)
+        assert 2 <= len(checked.steps) <= 4, p
+        for a, op, b, c, right in checked.steps:
+            assert right, p  # the arithmetic and its working are right
             if op == "/":
                 assert a % b == 0, p  # division is exact
             assert 0 <= c <= 999, p  # intermediate results have at most 3 digits
         assert max(int(x) for x in re.findall(r"\d+", p["question"])) <= 99, p  # inputs: 2 digits
-        last_line = p["answer"].splitlines()[-1]
-        assert last_line == f"#### {steps[-1][3]}", p  # the answer is the last step's result
+        assert p["answer"].splitlines()[-1] == f"#### {checked.steps[-1][3]}", p  # the last step's result
 
 
 def test_all_four_operations_appear():
-    ops = {op for p in problems.generate(500, seed=1) for _, op, _, _ in problems.STEP.findall(p["answer"])}
+    ops = {s[1] for p in problems.generate(500, seed=1) for s in check_answer(p["question"], p["answer"]).steps}
     assert ops == {"+", "-", "*", "/"}
 
 
 def test_generation_is_deterministic_in_the_seed():
     assert problems.generate(100, seed=3) == problems.generate(100, seed=3)
     assert problems.generate(100, seed=3) != problems.generate(100, seed=4)
+
+
+# --- the answers branch: the question fixes the answer, not the text ---
+
+def solutions(template, n_texts=400, seed=0):
+    """One question of `template` and `n_texts` solutions written for it with different seeds."""
+    question, steps = problems.draw(random.Random(seed), template)
+    return question, steps, [problems.write_solution(steps, random.Random(i)) for i in range(n_texts)]
+
+
+def test_every_sentence_kind_has_at_least_three_wordings():
+    assert all(len(ws) >= 3 for ws in problems.WORDINGS.values())
+
+
+def test_every_kind_is_used_by_a_template():
+    used = {s.kind for t in problems.TEMPLATES for s in problems.draw(random.Random(0), t)[1]}
+    assert used == set(problems.WORDINGS)
+
+
+@pytest.mark.parametrize("template", [problems.shop_two_items, problems.share_pizza, problems.rate_two_legs,
+                                      problems.age_older_twice, problems.cmp_more_fewer, problems.cmp_scores],
+                         ids=lambda t: t.__name__)
+def test_independent_steps_come_in_both_orders(template):
+    question, _, texts = solutions(template)
+    orders = {tuple((op, tuple(sorted((a, b)))) for a, op, b, _, _ in check_answer(question, t).steps) for t in texts}
+    assert len(orders) >= 2  # e.g. the pens first, or the books first
+    assert len({t.splitlines()[-1] for t in texts}) == 1  # and always the same answer
+
+
+def test_commutative_operands_come_in_both_orders():
+    _, steps, texts = solutions(problems.shop_change)
+    k, p = int(steps[0].a), int(steps[0].b)
+    assert any(f"{k} * {p} = " in t for t in texts) and any(f"{p} * {k} = " in t for t in texts)
+
+
+@pytest.mark.parametrize("template", [problems.shop_change, problems.share_pizza, problems.age_future],
+                         ids=lambda t: t.__name__)
+def test_solution_count_is_what_the_generator_writes(template):
+    """solution_count (whose log2 the README reports as bits per solution) is exactly the
+    number of distinct texts that writing the same question many times produces."""
+    _, steps, texts = solutions(template, n_texts=4000)
+    assert len(set(texts)) == problems.solution_count(steps)
+
+
+# --- the pupil's working ---
+
+@pytest.mark.parametrize("a, op, b, expected", [
+    (345, "+", 278, "345 + 278: 5 + 8 = 13, 4 + 7 + 1 = 12, 3 + 2 + 1 = 6"),
+    (395, "+", 28, "395 + 28: 5 + 8 = 13, 9 + 2 + 1 = 12, 3 + 1 = 4"),
+    (345, "+", 21, "345 + 21: 5 + 1 = 6, 4 + 2 = 6"),     # the 3 is brought down
+    (50, "+", 70, "50 + 70: 0 + 0 = 0, 5 + 7 = 12"),
+    (4, "+", 5, None),                                     # a one-digit fact: done in the head
+    (345, "-", 278, "345 - 278: 15 - 8 = 7, 14 - 7 - 1 = 6, 3 - 2 - 1 = 0"),
+    (100, "-", 1, "100 - 1: 10 - 1 = 9, 10 - 1 = 9, 1 - 1 = 0"),
+    (66, "-", 9, "66 - 9: 16 - 9 = 7, 6 - 1 = 5"),
+    (34, "*", 7, "34 * 7: 4 * 7 = 28, 3 * 7 + 2 = 23"),
+    (7, "*", 34, "7 * 34: 4 * 7 = 28, 3 * 7 + 2 = 23"),    # the longer number goes column by column
+    (108, "*", 4, "108 * 4: 8 * 4 = 32, 0 * 4 + 3 = 3, 1 * 4 = 4"),
+    (31, "*", 7, "31 * 7: 1 * 7 = 7, 3 * 7 = 21"),
+    (7, "*", 8, None),
+    (9, "-", 4, None),
+    (84, "/", 7, "84 / 7: 8 / 7 = 1 remainder 1, 14 / 7 = 2"),
+    (252, "/", 6, "252 / 6: 25 / 6 = 4 remainder 1, 12 / 6 = 2"),
+    (816, "/", 8, "816 / 8: 8 / 8 = 1, 1 / 8 = 0 remainder 1, 16 / 8 = 2"),
+    (63, "/", 3, "63 / 3: 6 / 3 = 2, 3 / 3 = 1"),
+    (56, "/", 8, None),                                    # a one-digit quotient: a times-table fact
+    (96, "/", 12, None),
+])
+def test_working_is_written_as_a_pupil_writes_it(a, op, b, expected):
+    assert problems.working(a, op, b) == expected
+
+
+def read_off(a, op, b, line):
+    """The result a reader gets from the working alone: the column values, units first (the
+    last column in full), then the digits brought down; division reads its quotients in order."""
+    values = [int(col.split(" = ")[1].split(" remainder")[0]) for col in line.split(": ")[1].split(", ")]
+    if op == "/":
+        return int("".join(map(str, values)))
+    longer = max(str(a), str(b), key=len)
+    written = str(values[-1]) + "".join(str(v % 10) for v in reversed(values[:-1]))
+    if op == "-":
+        written = str(values[-1]) + "".join(str(v) for v in reversed(values[:-1]))
+    return int(longer[:len(longer) - len(values)] + written)
+
+
+@pytest.mark.parametrize("op", ["+", "-", "*", "/"])
+def test_every_working_adds_up_and_gives_the_result(op):
+    for a in range(1, 1000, 7):
+        for b in range(1, 100):
+            try:
+                c = problems.apply(a, op, b)
+            except problems.Retry:
+                continue
+            line = problems.working(a, op, b)
+            if line is None:
+                continue
+            for col in line.split(": ")[1].split(", "):  # each column is right arithmetic
+                lhs, rhs = col.split(" = ")
+                assert eval(lhs.replace("/", "//")) == int(rhs.split(" remainder ")[0]), line
+            assert read_off(a, op, b, line) == c, line
 
 
 @pytest.mark.parametrize("text, expected", [

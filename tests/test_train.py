@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from conftest import run_script
+from data.tokenizer import EOT, load_tokenizer
 from model import load_checkpoint
+from train_ntp import load_tokens
 
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--batch_size", "8",
         "--eval_iters", "2", "--warmup_iters", "5", "--lr", "3e-3", "--device", "cpu"]
@@ -25,6 +27,25 @@ def test_a_short_training_run_lowers_the_loss(tiny_data, tmp_path):
     uniform = math.log(ckpt["config"]["vocab_size"])  # an untrained model's loss
     assert ckpt["step"] == 80
     assert ckpt["val_loss"] < 0.6 * uniform
+
+
+def test_loss_on_answers_leaves_out_exactly_the_questions(tiny_data):
+    enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
+    eot_id = enc.encode(EOT, allowed_special={EOT})[0]
+    data, _, no_loss = load_tokens(str(tiny_data), "val", eot_id, 64, enc.encode_ordinary("Answer:"))
+    kept = enc.decode(data[~no_loss].tolist()).split(EOT)[:-1]
+    left_out = enc.decode(data[no_loss].tolist()).split("Answer:")[:-1]
+    assert len(kept) == len(left_out) > 10
+    for answer, question in zip(kept, left_out):
+        assert answer.startswith(" ") and answer.strip().splitlines()[-1].startswith("####")
+        assert question.startswith("Question: ") and "####" not in question
+
+
+@pytest.mark.slow
+def test_bf16_training_on_answers_lowers_the_loss(tiny_data, tmp_path):
+    ckpt = train(tiny_data, tmp_path / "t.pt", "--max_iters", "60", "--eval_interval", "1000", "--bf16",
+                 "--loss_on", "answers", "--block_size", "256")
+    assert ckpt["val_loss"] < 0.5 * math.log(ckpt["config"]["vocab_size"])
 
 
 @pytest.mark.slow
