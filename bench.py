@@ -9,12 +9,15 @@ Rows: the teacher's cached NTP greedy (the baseline; and without the cache), the
 model, the student at static k = 1..5 and ConfAdapt over a tau sweep, speculative decoding
 (draft -> teacher, several gamma), self-speculative decoding (the student verifies its own
 mask drafts) and MTP-drafted speculative decoding (student drafts -> teacher verifies).
-For each: exact-match accuracy on the '####' answer, tokens per forward pass of the model
+For each: exact-match accuracy on the '####' answer, the share of well-formed answers and of
+worked steps that are right (data/check.py: an incoherent multi-token block shows up in the
+first, a model that cannot add in the second), tokens per forward pass of the model
 that decides the output, accepted drafts per step, draft passes, wall-clock tokens/s, the
 speed-up over the baseline, and for lossless strategies the share of problems whose output
 is token-for-token their reference's. The strategies run interleaved, problem by problem,
 so a slow patch of the machine slows all of them alike instead of deciding the ranking.
-Writes out/bench.json (a list of rows), out/bench.md and out/pareto.png, prints the table,
+Writes out/bench.json (a list of rows), out/bench.md (the table, then the baseline's wrong
+steps by kind) and out/pareto.png, prints the table,
 then the rows as one JSON line. With --compare it measures only static k and ConfAdapt, for
 each student given, and writes out/ablations.{json,md,png} and out/agreement.png.
 """

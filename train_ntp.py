@@ -33,7 +33,7 @@ from model import (GPT, GPTConfig, UserError, discard_unfinished_write, load_che
 # The draft model has >= 4x fewer parameters than the teacher.
 PRESETS = {
     "teacher": dict(kind="teacher", out="out/teacher.pt", n_layer=4, n_head=4, n_embd=128,
-                    batch_size=16, grad_accum=1, max_iters=3600, lr=4e-3, min_lr=2e-4, warmup_iters=100,
+                    batch_size=16, grad_accum=1, max_iters=5400, lr=4e-3, min_lr=2e-4, warmup_iters=100,
                     bf16=True),
     "draft": dict(kind="draft", out="out/draft.pt", n_layer=2, n_head=2, n_embd=64,
                   batch_size=16, grad_accum=1, max_iters=1500, lr=3e-3, min_lr=1e-4, warmup_iters=100),
@@ -100,8 +100,10 @@ def load_tokens(data_dir, split, eot_id, block_size, marker_ids=None):
 
 def question_mask(data, starts, marker_ids):
     """True on the tokens of each document up to and including its "Answer:" marker: the
-    question, which --loss_on answers leaves out of the loss (its names and numbers are
-    random, so predicting them teaches nothing). Documents without a marker keep all tokens."""
+    question, which --loss_on answers leaves out of the loss. Its names and numbers are
+    random, yet the presets keep it in: predicting a question that repeats its names is
+    where the model practises copying them (README, "The teacher"). Documents without a
+    marker keep all tokens."""
     marker = np.flatnonzero((data[:-1] == marker_ids[0]) & (data[1:] == marker_ids[1]))  # "Answer", ":"
     doc = np.searchsorted(starts, marker, side="right") - 1  # the document each marker is in
     first = np.unique(doc, return_index=True)[1]  # only a document's first marker ends its question

@@ -18,8 +18,8 @@ Two things make the answers teachable to a 1M-parameter model and worth distilli
   the operands of + and * in either order, all drawn at random per problem. The question
   fixes the answer, not the text: after "The pens cost" and "Mia pays" different words
   follow, which is exactly where predicting several tokens independently goes wrong
-  (the paper's "panda meat", section 2) and where the critic loss earns its keep.
-- **Hard steps show their working, the way a pupil writes it** (`working`): a line of
+  (the paper's zookeeper who feeds the panda meat) and where the critic loss earns its keep.
+- **Multi-digit steps show their working, the way a pupil writes it** (`working`): a line of
   column arithmetic, units first, before the sentence that uses the result. Written most
   significant digit first, `345 + 278 = 623` asks the model to resolve every carry before
   its first digit; column by column each token is one small, local step. One-digit facts
@@ -231,7 +231,8 @@ COLUMNS = {"+": add_columns, "-": sub_columns, "*": mul_columns, "/": div_column
 
 def working(a, op, b):
     """The pupil's working line for `a op b`, or None for a one-digit fact (7 * 8, 9 - 4) and
-    for a division whose quotient has one digit (56 / 8, 96 / 12: a times-table fact)."""
+    for a division that short division does not break up: a one-digit quotient (56 / 8, a
+    times-table fact) or a two-digit divisor (96 / 12)."""
     if op == "/" and (b >= 10 or a < 10 * b):
         return None
     if max(a, b) < 10:

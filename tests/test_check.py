@@ -132,3 +132,26 @@ def test_names_and_numbers_must_come_from_the_question():
 ])
 def test_step_kind(a, op, b, kind):
     assert step_kind(a, op, b) == kind
+
+
+def test_bench_scores_form_and_arithmetic_apart(tiny_data):
+    """bench.run_bench with two fake strategies: one writes the reference answers, one the same
+    answers with a wrong '####' line (ill-formed and wrong, though every step is right)."""
+    import json
+    from bench import run_bench
+    from data.tokenizer import EOT, load_tokenizer
+    from decode import Generation
+    enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
+    eos = enc.encode(EOT, allowed_special={EOT})[0]
+    tests = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:10]
+    answer_of = {tuple(enc.encode_ordinary(problems.format_prompt(t["question"]))): t["answer"] for t in tests}
+
+    def writes(change):
+        def decode(prompt_ids):
+            text = " " + change(answer_of[tuple(prompt_ids)])
+            return Generation(tokens=enc.encode_ordinary(text) + [eos], n_forward=1)
+        return decode
+    rows = run_bench([dict(model="m", strategy="reference", n=10, decode=writes(lambda a: a)),
+                      dict(model="m", strategy="wrong final", n=10,
+                           decode=writes(lambda a: a.rsplit("#### ", 1)[0] + "#### 1000"))], tests, enc)
+    assert [(r["accuracy"], r["well_formed"], r["steps_right"]) for r in rows] == [(100, 100, 100), (0, 0, 100)]

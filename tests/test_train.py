@@ -45,7 +45,7 @@ def test_loss_on_answers_leaves_out_exactly_the_questions(tiny_data):
 def test_bf16_training_on_answers_lowers_the_loss(tiny_data, tmp_path):
     ckpt = train(tiny_data, tmp_path / "t.pt", "--max_iters", "60", "--eval_interval", "1000", "--bf16",
                  "--loss_on", "answers", "--block_size", "256")
-    assert ckpt["val_loss"] < 0.5 * math.log(ckpt["config"]["vocab_size"])
+    assert ckpt["val_loss"] < 0.6 * math.log(ckpt["config"]["vocab_size"])  # as the fp32 run above
 
 
 @pytest.mark.slow
@@ -137,12 +137,14 @@ def test_bench_writes_the_promised_rows(tiny_data, tmp_path):
         ("teacher", "ntp greedy"), ("teacher", "ntp greedy, no cache"), ("draft", "ntp greedy"),
         ("teacher + draft", "speculative gamma=2"), ("teacher + draft", "speculative gamma=4")]
     for row in rows:
-        assert {"model", "strategy", "accuracy", "tokens_per_forward", "tokens_per_second", "speedup"} <= set(row)
-        assert row["tokens_per_second"] > 0
+        assert {"model", "strategy", "accuracy", "well_formed", "steps_right", "tokens_per_forward",
+                "tokens_per_second", "speedup"} <= set(row)
+        assert row["tokens_per_second"] > 0 and 0 <= row["well_formed"] <= 100 and 0 <= row["steps_right"] <= 100
     assert all(row["tokens_per_forward"] == 1.0 for row in rows[:3])
     assert rows[1]["identical"] == 100.0 and rows[3]["identical"] == rows[4]["identical"] == 100.0  # lossless
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 0
     assert "| teacher | ntp greedy |" in (tmp_path / "out" / "bench.md").read_text()
+    assert "Worked steps of teacher ntp greedy, by kind" in (tmp_path / "out" / "bench.md").read_text()
     assert json.loads(r.stdout.strip().splitlines()[-1]) == rows  # the last line is the JSON
 
 
