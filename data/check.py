@@ -17,6 +17,7 @@ Arithmetic and form are scored apart, so a bench can tell a model that cannot ad
 one whose blocks are incoherent.
 """
 import json
+import os
 import re
 import string
 import sys
@@ -161,6 +162,8 @@ def step_kind(a, op, b):
 
 def main():
     path = sys.argv[1] if len(sys.argv) > 1 else "data/synth/test.jsonl"
+    if not os.path.exists(path):
+        sys.exit(f"error: no answers at {path}: run `python data/prepare.py` first, or name a .jsonl file")
     rows = [json.loads(line) for line in open(path) if line.strip()]
     checked = [check_answer(r["question"], r["answer"], final_answer(r["answer"])) for r in rows]
     bad = [(r, c) for r, c in zip(rows, checked) if not c.well_formed]
