@@ -250,18 +250,22 @@ def valid_orders(steps):
             if all(order.index(d) < order.index(s) for s in order for d in s.depends_on())]
 
 
+def worked(step, rng):
+    """A step as written: its working lines (none or one) and "a op b = c", with the operands
+    of + and * in either order, drawn at random."""
+    a, b = int(step.a), int(step.b)
+    if step.op in "+*" and rng.random() < 0.5:
+        a, b = b, a
+    line = working(a, step.op, b)
+    return [line] if line else [], f"{a} {step.op} {b} = {step.value}"
+
+
 def write_solution(steps, rng):
     """The answer text for a list of Steps (the last one's value is the answer)."""
     lines = []
     for step in rng.choice(valid_orders(steps)):
-        a, b = int(step.a), int(step.b)
-        if step.op in "+*" and rng.random() < 0.5:
-            a, b = b, a
-        line = working(a, step.op, b)
-        if line:
-            lines.append(line)
-        e = f"{a} {step.op} {b} = {step.value}"
-        lines.append(rng.choice(WORDINGS[step.kind]).format(e=e, **step.slots))
+        working_lines, e = worked(step, rng)
+        lines += working_lines + [rng.choice(WORDINGS[step.kind]).format(e=e, **step.slots)]
     return "\n".join(lines) + f"\n#### {steps[-1].value}"
 
 
@@ -579,9 +583,9 @@ def drill(rng, n_steps=8):
     lines = []
     while len(lines) < n_steps:
         _, steps = draw(rng, rng.choice(TEMPLATES))
-        for s in steps:
-            a, b = (int(s.a), int(s.b)) if s.op in "-/" or rng.random() < 0.5 else (int(s.b), int(s.a))
-            lines += [w for w in [working(a, s.op, b)] if w] + [f"{a} {s.op} {b} = {s.value}"]
+        for step in steps:
+            working_lines, e = worked(step, rng)
+            lines += working_lines + [e]
     return "\n".join(lines[:n_steps])
 
 
