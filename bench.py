@@ -16,9 +16,11 @@ that decides the output, accepted drafts per step, draft passes, wall-clock toke
 speed-up over the baseline, and for lossless strategies the share of problems whose output
 is token-for-token their reference's. The strategies run interleaved, problem by problem,
 so a slow patch of the machine slows all of them alike instead of deciding the ranking.
-Writes out/bench.json (a list of rows), out/bench.md (the table, then the baseline's wrong
-steps by kind) and out/pareto.png, prints the table,
-then the rows as one JSON line. With --compare it measures only static k and ConfAdapt, for
+Every accuracy comes with its 95% interval. Writes out/bench.json (a list of rows),
+out/bench.md (the table; the student's ConfAdapt and static-k curves read at matched tokens
+per pass; the baseline's wrong steps by kind), out/pareto.png and out/chunks.png (ConfAdapt
+answers, one shaded box per forward pass: the paper's figure 1), prints the table, then the
+rows as one JSON line. With --compare it measures only static k and ConfAdapt, for
 each student given, and writes out/ablations.{json,md,png} and out/agreement.png.
 """
 import argparse
@@ -56,7 +58,7 @@ def run_bench(strategies, problems, enc):
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
     for s in strategies:  # warm-up: the first call pays for allocations, not decoding
         s["decode"](enc.encode_ordinary(format_prompt(problems[0]["question"])))
-        s.update(correct=0, tokens=0, seconds=0.0, tpf=0.0, forwards=0, draft_forwards=0, outputs=[],
+        s.update(correct=0, tokens=0, seconds=0.0, tpf=0.0, forwards=0, draft_forwards=0, outputs=[], chunks=[],
                  steps=0, accepted=0, proposed_at=[], accepted_at=[], well_formed=0, worked=0, worked_right=0,
                  step_kinds={})
     bars = [tqdm(total=s["n"], desc=f"{s['model']} {s['strategy']}"[:36].ljust(36), position=i, leave=True,
@@ -81,6 +83,7 @@ def run_bench(strategies, problems, enc):
                 wrong_total[0] += not right
                 wrong_total[1] += 1
             s["outputs"].append(gen.tokens)
+            s["chunks"].append(gen.chunks)
             s["tokens"] += len(gen.tokens)
             s["tpf"] += gen.tokens_per_forward  # averaged per generation, as the paper does
             s["forwards"] += gen.n_forward
@@ -105,6 +108,7 @@ def run_bench(strategies, problems, enc):
         done = len(s["outputs"])
         row = {"model": s["model"], "strategy": s["strategy"], "family": s.get("family", s["strategy"]),
                "n": done, "accuracy": round(100 * s["correct"] / done, 1),
+               "accuracy_95": wilson_interval(s["correct"], done),
                "well_formed": round(100 * s["well_formed"] / done, 1),
                "steps_right": round(100 * s["worked_right"] / max(1, s["worked"]), 1),
                "step_kinds": s["step_kinds"],
@@ -123,14 +127,50 @@ def run_bench(strategies, problems, enc):
     return rows
 
 
+def wilson_interval(correct, n, z=1.96):
+    """The 95% interval of an accuracy measured as correct / n (Wilson's score interval for a
+    binomial proportion), in percent. Two rows whose intervals overlap are not told apart."""
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return [round(100 * max(0.0, centre - half), 1), round(100 * min(1.0, centre + half), 1)]
+
+
+def accuracy_at(rows, tokens_per_forward):
+    """Accuracy read off a curve (rows of one model and family) at a given tokens per forward pass,
+    interpolated linearly between its two nearest points; None outside the curve."""
+    points = sorted((r["tokens_per_forward"], r["accuracy"]) for r in rows)
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= tokens_per_forward <= x1:
+            return round(y0 + (y1 - y0) * (tokens_per_forward - x0) / max(x1 - x0, 1e-9), 1)
+    return None
+
+
+def matched_table(rows, model="student", matched=(1.5, 2.0, 2.5, 3.0, 3.5)):
+    """The student's ConfAdapt and static-k curves read at the same tokens per forward pass: the
+    paper's Pareto comparison, without comparing a tau to a k."""
+    curves = {family: [r for r in rows if r["model"] == model and r["family"] == family]
+              for family in ("ConfAdapt", "static k")}
+    if not all(curves.values()):
+        return ""
+    lines = [f"Accuracy % of the {model}'s curves at matched tokens per forward pass (linear between rows; "
+             "- outside the curve):", "", "| tokens/forward | " + " | ".join(str(m) for m in matched) + " |",
+             "|---|" + "---|" * len(matched)]
+    for family, curve in curves.items():
+        cells = [accuracy_at(curve, m) for m in matched]
+        lines.append(f"| {family} | " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(rows):
     cols = ["model", "strategy", "n", "accuracy", "well_formed", "steps_right", "tokens_per_forward",
             "accepted_per_step", "draft_forwards", "tokens_per_second", "speedup", "identical"]
-    head = ["model", "strategy", "problems", "accuracy %", "well-formed %", "steps right %", "tokens/forward",
+    head = ["model", "strategy", "problems", "accuracy % (95% interval)", "well-formed %", "steps right %", "tokens/forward",
             "accepted drafts/step", "draft passes/problem", "tokens/s", "speed-up", "identical to reference %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = {**r, "draft_forwards": r["draft_forwards"] or None}
+        cells = {**r, "draft_forwards": r["draft_forwards"] or None,
+                 "accuracy": f"{r['accuracy']} ({r['accuracy_95'][0]}-{r['accuracy_95'][1]})"}
         lines.append("| " + " | ".join("" if cells[c] is None else str(cells[c]) for c in cols) + " |")
     return "\n".join(lines)
 
@@ -192,6 +232,64 @@ def pareto_plot(rows, path, title):
     save_figure(plt, fig, path)
 
 
+def chunk_texts(enc, tokens, sizes, eos_id):
+    """A generation's tokens cut into its passes' chunks: [(text, tokens in the pass)], EOS dropped."""
+    texts, start = [], 0
+    for size in sizes:
+        texts.append((enc.decode([t for t in tokens[start:start + size] if t != eos_id]), size))
+        start += size
+    return texts
+
+
+def chunks_plot(examples, path, title, cols=96, fontsize=8):
+    """The paper's figure 1: held-out answers as a student wrote them, each forward pass's tokens
+    on one shaded box, darker the more tokens the pass emitted. examples: a list of (question,
+    [(text, tokens) of each pass's chunk], tokens in all). NTP needs one pass per token of the same text."""
+    import textwrap
+    from matplotlib.patches import Rectangle
+    lines = []  # (plain text, its colour, [(col, text, tokens in its pass)]) per line of the picture
+    for question, chunk_texts, n_tokens in examples:
+        n_passes = len(chunk_texts)
+        lines.append((f"{n_tokens} tokens in {n_passes} passes ({n_tokens / n_passes:.2f} per pass); "
+                      f"NTP greedy needs {n_tokens} passes for them", "tab:blue", []))
+        lines += [(text, "black", []) for text in textwrap.wrap("Question: " + question, cols)]
+        segments, col = [], 0
+        for text, size in chunk_texts:
+            for i, part in enumerate(text.split("\n")):
+                if i > 0:  # a newline inside the chunk: the rest starts a line of its own
+                    lines.append(("", None, segments))
+                    segments, col = [], 0
+                while part:
+                    room = cols - col
+                    if room == 0:
+                        lines.append(("", None, segments))
+                        segments, col = [], 0
+                        room = cols
+                    segments.append((col, part[:room], size))
+                    col += len(part[:room])
+                    part = part[room:]
+        lines += [("", None, segments), ("", None, [])]
+    plt = pyplot()
+    char_w, line_h = 0.602 * fontsize / 72, 1.45 * fontsize / 72  # inches: DejaVu Sans Mono's advance, a line
+    fig = plt.figure(figsize=((cols + 2) * char_w, (len(lines) + 2) * line_h))
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(-1, cols + 1)
+    ax.set_ylim(len(lines) + 1.5, -0.5)
+    ax.axis("off")
+    ax.text(0, 0, title, fontsize=fontsize + 1, fontweight="bold", va="center")
+    shade = plt.cm.Blues
+    for row, (text, color, segments) in enumerate(lines, start=1):
+        if text:
+            ax.text(0, row, text, fontsize=fontsize, va="center", family="monospace", color=color)
+        for col, piece, size in segments:
+            ax.add_patch(Rectangle((col, row - 0.45), len(piece), 0.9, facecolor=shade(0.15 + 0.1 * min(size, 8)),
+                                   edgecolor="white", linewidth=0.8))
+            ax.text(col, row, piece, fontsize=fontsize, va="center", family="monospace",
+                    color="white" if size >= 5 else "black")
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
 # --------------------------------------------------------------------------------------
 # --compare: the paper's ablations, one curve per distilled student (make ablations).
 
@@ -201,19 +299,26 @@ def variant_name(path):
     return name[len("student_"):] if name.startswith("student_") else name
 
 
-def comparison_table(rows, students):
-    """One line per variant: accuracy % at each static k (whose tokens per forward is k), accuracy
-    % (tokens per forward) at each tau, then the student's last validation agreement with the
-    teacher by block position."""
-    settings = list(dict.fromkeys(r["strategy"] for r in rows if r["model"] != "teacher"))
-    cells = {(r["model"], r["strategy"]): r for r in rows}
-    head = ["variant"] + [s.replace("ConfAdapt ", "") for s in settings] + ["val agreement with teacher by position"]
+def comparison_table(rows, students, matched=(1.5, 2.0, 2.5, 3.0)):
+    """One line per variant: accuracy % with its 95% interval and well-formed % at k = 1 and at
+    ConfAdapt tau = 0.9 (with its tokens per forward), then the accuracy of its ConfAdapt and its
+    static-k curves read at matched tokens per forward (a variant that emits more tokens per pass
+    at one tau is compared at the same speed, not the same tau), then its last validation
+    agreement with the teacher by block position."""
+    def cell(r):
+        return f"{r['accuracy']} ({r['accuracy_95'][0]}-{r['accuracy_95'][1]}), {r['well_formed']}" if r else ""
+
+    head = (["variant", "k=1: acc (95%), well-formed", "tau=0.9: acc (95%), well-formed", "tau=0.9: tokens/forward"]
+            + [f"at {m} tokens/forward: ConfAdapt / static k" for m in matched]
+            + ["val agreement with teacher by position"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, ckpt in students.items():
-        line = [name]
-        for s in settings:
-            r = cells[(name, s)]
-            line.append(f"{r['accuracy']}" if s.startswith("static") else f"{r['accuracy']} ({r['tokens_per_forward']})")
+        mine = {r["strategy"]: r for r in rows if r["model"] == name}
+        k1, tau = mine.get("static k=1"), mine.get("ConfAdapt tau=0.9")
+        curves = [[r for r in mine.values() if r["family"] == family] for family in ("ConfAdapt", "static k")]
+        line = [name, cell(k1), cell(tau), str(tau["tokens_per_forward"]) if tau else ""]
+        for m in matched:
+            line.append(" / ".join("-" if a is None else str(a) for a in (accuracy_at(c, m) for c in curves)))
         log = ckpt.get("agreement_log") or [{"agreement": []}]
         line.append(" ".join(f"{a:.2f}" for a in log[-1]["agreement"]))
         lines.append("| " + " | ".join(line) + " |")
@@ -301,7 +406,7 @@ def main():
     p.add_argument("--strategies", default=",".join(STRATEGIES),
                    help="which families to run (the teacher's cached NTP greedy always runs: it is the baseline)")
     p.add_argument("--static_k", default="1,2,3,4,5", help="student: static k values (k=1 is the student's NTP)")
-    p.add_argument("--taus", default="0.6,0.7,0.8,0.9,0.95,0.99,0.995", help="student: ConfAdapt thresholds")
+    p.add_argument("--taus", default="0.6,0.8,0.9,0.95,0.99", help="student: ConfAdapt thresholds")
     p.add_argument("--gammas", default="2,4", help="speculative: draft tokens per step")
     p.add_argument("--self_k", default="4", help="self-speculative: positions read per pass")
     p.add_argument("--mtp_k", default="4", help="MTP-drafted speculative: tokens the student drafts per pass")
@@ -309,11 +414,12 @@ def main():
     p.add_argument("--n", type=int, default=400, help="test problems (400: the default run fits in 10 CPU minutes)")
     p.add_argument("--n_uncached", type=int, default=50, help="problems for the slow no-cache row")
     p.add_argument("--max_new_tokens", type=int, default=256, help="at most (the context ends generation too)")
+    p.add_argument("--n_chunks", type=int, default=3, help="held-out answers drawn in chunks.png")
     p.add_argument("--device", default="auto")
     p.add_argument("--out_dir", default="out")
     args = p.parse_args()
-    if args.n < 1 or args.n_uncached < 0:
-        raise UserError("--n must be >= 1 and --n_uncached >= 0")
+    if args.n < 1 or args.n_uncached < 0 or args.n_chunks < 0:
+        raise UserError("--n must be >= 1, --n_uncached and --n_chunks >= 0")
     chosen = args.strategies.split(",")
     unknown = sorted(set(chosen) - set(STRATEGIES))
     if unknown:
@@ -406,7 +512,7 @@ def main():
     minutes = (time.time() - t0) / 60
     os.makedirs(args.out_dir, exist_ok=True)
     stem = "ablations" if args.compare else "bench"
-    table = markdown_table(rows) + "\n\n" + step_table(rows[0])
+    table = markdown_table(rows) + "\n\n" + (matched_table(rows) + "\n\n" if not args.compare else "") + step_table(rows[0])
     if args.compare:
         table = comparison_table(rows, students) + "\n\nEvery row:\n\n" + table
     command = "python bench.py " + " ".join(sys.argv[1:])
@@ -423,6 +529,14 @@ def main():
             written.append("agreement.png")
     else:
         pareto_plot(rows, os.path.join(args.out_dir, "pareto.png"), title)
+        confadapt = [s for s in strategies if s["family"] == "ConfAdapt"]
+        if confadapt:  # the tau closest to the paper's 0.9
+            s = min(confadapt, key=lambda s: abs(float(s["strategy"].split("=")[1]) - 0.9))
+            examples = [(p["question"], chunk_texts(enc, tokens, sizes, common["eos_id"]), len(tokens))
+                        for p, tokens, sizes in list(zip(problems, s["outputs"], s["chunks"]))[:args.n_chunks]]
+            chunks_plot(examples, os.path.join(args.out_dir, "chunks.png"),
+                        f"How the student wrote held-out answers: {s['strategy']}, one box per forward pass")
+            written.append("chunks.png")
     print("\n" + table + "\n")
     print(f"{minutes:.1f} min; wrote " + ", ".join(os.path.join(args.out_dir, w) for w in written))
     print(json.dumps(rows))

@@ -155,3 +155,20 @@ def test_bench_scores_form_and_arithmetic_apart(tiny_data):
                       dict(model="m", strategy="wrong final", n=10,
                            decode=writes(lambda a: a.rsplit("#### ", 1)[0] + "#### 1000"))], tests, enc)
     assert [(r["accuracy"], r["well_formed"], r["steps_right"]) for r in rows] == [(100, 100, 100), (0, 0, 100)]
+
+
+@pytest.mark.parametrize("correct, n, interval", [
+    (50, 100, (40.4, 59.6)),    # Wilson's 95% interval, computed by hand
+    (0, 10, (0.0, 27.8)),       # never below 0 ...
+    (10, 10, (72.2, 100.0)),    # ... nor above 100, and not of zero width at the edges
+])
+def test_accuracy_intervals_are_wilson_95(correct, n, interval):
+    from bench import wilson_interval
+    assert wilson_interval(correct, n) == list(interval)
+
+
+def test_accuracy_is_read_off_a_curve_at_matched_tokens_per_forward():
+    from bench import accuracy_at
+    curve = [dict(tokens_per_forward=t, accuracy=a) for t, a in ((3.0, 40.0), (1.0, 90.0), (2.0, 70.0))]
+    assert accuracy_at(curve, 1.5) == 80.0 and accuracy_at(curve, 2.5) == 55.0 and accuracy_at(curve, 2.0) == 70.0
+    assert accuracy_at(curve, 3.5) is None and accuracy_at(curve, 0.5) is None
