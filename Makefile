@@ -2,7 +2,7 @@
 #
 #   make demo   install what is missing, then data -> teacher, draft -> student -> bench (CPU default)
 #   make test   install what is missing, then run the test suite
-#   make ablations   one student per variant of the paper's ablations, then one comparison (~70 CPU min)
+#   make ablations   one student per variant of the paper's ablations, then one comparison (~93 CPU min)
 #   make demo GPU=1  the same pipeline with the one-GPU presets (bf16, torch.compile, fused AdamW)
 #
 # An interrupted training run keeps its checkpoint and prints the command that finishes it
@@ -43,7 +43,7 @@ out/student.pt: out/teacher.pt distill_mtp.py
 out/bench.json: out/teacher.pt out/draft.pt out/student.pt bench.py decode.py
 	$(PYTHON) bench.py
 
-# The paper's ablations (paper Sec. 5; docs on the findings in the README): every variant is the
+# The paper's ablations (its ablation table; our findings are in the README): every variant is the
 # preset student with one thing changed, distilled from the same teacher with the same seed and
 # steps; `main` is out/student.pt itself. `paper` drops our one departure (the prefix loss) and
 # is the paper's main setting: critic, hard teacher, k ~ U[2, 8]. fixed_k trains k = k_max = 8 only.
