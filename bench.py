@@ -136,6 +136,11 @@ def wilson_interval(correct, n, z=1.96):
     return [round(100 * max(0.0, centre - half), 1), round(100 * min(1.0, centre + half), 1)]
 
 
+def with_interval(row):
+    """'82.8 (78.7-86.1)': a row's accuracy % and its 95% interval."""
+    return f"{row['accuracy']} ({row['accuracy_95'][0]}-{row['accuracy_95'][1]})"
+
+
 def accuracy_at(rows, tokens_per_forward):
     """Accuracy read off a curve (rows of one model and family) at a given tokens per forward pass,
     interpolated linearly between its two nearest points; None outside the curve."""
@@ -170,7 +175,7 @@ def markdown_table(rows):
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = {**r, "draft_forwards": r["draft_forwards"] or None,
-                 "accuracy": f"{r['accuracy']} ({r['accuracy_95'][0]}-{r['accuracy_95'][1]})"}
+                 "accuracy": with_interval(r)}
         lines.append("| " + " | ".join("" if cells[c] is None else str(cells[c]) for c in cols) + " |")
     return "\n".join(lines)
 
@@ -248,13 +253,13 @@ def chunks_plot(examples, path, title, cols=96, fontsize=8):
     import textwrap
     from matplotlib.patches import Rectangle
     lines = []  # (plain text, its colour, [(col, text, tokens in its pass)]) per line of the picture
-    for question, chunk_texts, n_tokens in examples:
-        n_passes = len(chunk_texts)
+    for question, chunks, n_tokens in examples:
+        n_passes = len(chunks)
         lines.append((f"{n_tokens} tokens in {n_passes} passes ({n_tokens / n_passes:.2f} per pass); "
                       f"NTP greedy needs {n_tokens} passes for them", "tab:blue", []))
         lines += [(text, "black", []) for text in textwrap.wrap("Question: " + question, cols)]
         segments, col = [], 0
-        for text, size in chunk_texts:
+        for text, size in chunks:
             for i, part in enumerate(text.split("\n")):
                 if i > 0:  # a newline inside the chunk: the rest starts a line of its own
                     lines.append(("", None, segments))
@@ -265,9 +270,9 @@ def chunks_plot(examples, path, title, cols=96, fontsize=8):
                         lines.append(("", None, segments))
                         segments, col = [], 0
                         room = cols
-                    segments.append((col, part[:room], size))
-                    col += len(part[:room])
-                    part = part[room:]
+                    piece, part = part[:room], part[room:]
+                    segments.append((col, piece, size))
+                    col += len(piece)
         lines += [("", None, segments), ("", None, [])]
     plt = pyplot()
     char_w, line_h = 0.602 * fontsize / 72, 1.45 * fontsize / 72  # inches: DejaVu Sans Mono's advance, a line
@@ -306,7 +311,7 @@ def comparison_table(rows, students, matched=(1.5, 2.0, 2.5, 3.0)):
     at one tau is compared at the same speed, not the same tau), then its last validation
     agreement with the teacher by block position."""
     def cell(r):
-        return f"{r['accuracy']} ({r['accuracy_95'][0]}-{r['accuracy_95'][1]}), {r['well_formed']}" if r else ""
+        return f"{with_interval(r)}, {r['well_formed']}" if r else ""
 
     head = (["variant", "k=1: acc (95%), well-formed", "tau=0.9: acc (95%), well-formed", "tau=0.9: tokens/forward"]
             + [f"at {m} tokens/forward: ConfAdapt / static k" for m in matched]

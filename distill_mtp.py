@@ -20,7 +20,6 @@ One step, for a batch of ground-truth windows x (B, N):
     KL(teacher || student) (soft), averaged over every predicted position.
 """
 import argparse
-import contextlib
 import copy
 import os
 import signal
@@ -36,7 +35,7 @@ from tqdm import tqdm
 from data.tokenizer import EOT
 from model import (UserError, add_mask_token, discard_unfinished_write, load_checkpoint, model_from_checkpoint,
                    save_checkpoint, set_aside_existing, tokenizer_from_checkpoint)
-from train_ntp import (all_ranks_mean, check_same_run, get_batch, get_lr, load_tokens, resume_command,
+from train_ntp import (all_ranks_mean, autocast_context, check_same_run, get_batch, get_lr, load_tokens, resume_command,
                        setup_distributed)
 
 PRESETS = {
@@ -259,8 +258,7 @@ def main(args):
         student = torch.compile(student)
     if ddp:
         student = DDP(student, device_ids=[local_rank] if device_type == "cuda" else None)
-    bf16 = device_type == "cuda" if args.bf16 is None else args.bf16
-    autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    autocast = autocast_context(device_type, args.bf16)
 
     # Agreement is always scored against the teacher's argmax, whatever the supervision, so the
     # curves of every variant (ground-truth supervision included) can be compared.

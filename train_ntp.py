@@ -158,6 +158,13 @@ def setup_distributed(device_arg, grad_accum):
     return True, rank, world, local_rank, device
 
 
+def autocast_context(device_type, bf16):
+    """bf16 autocast when asked for (None: on CUDA only), else a context that does nothing."""
+    if device_type == "cuda" if bf16 is None else bf16:
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def all_ranks_mean(value, device):
     """The mean of a float over every process of the run."""
     t = torch.tensor(value, device=device)
@@ -237,8 +244,7 @@ def main(args):
         model = torch.compile(model)
     if ddp:
         model = DDP(model, device_ids=[local_rank] if device_type == "cuda" else None)
-    bf16 = device_type == "cuda" if args.bf16 is None else args.bf16
-    autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    autocast = autocast_context(device_type, args.bf16)
 
     def checkpoint(val_loss):
         save_checkpoint(args.out, raw_model, args.kind, tokenizer_path, step=step,
