@@ -31,13 +31,13 @@ install:
 $(DATA)/train.bin: data/prepare.py data/problems.py data/tokenizer.py
 	$(PYTHON) data/prepare.py --out_dir $(DATA)
 
-out/teacher.pt: $(DATA)/train.bin train_ntp.py model.py
+out/teacher.pt: $(DATA)/train.bin train_ntp.py training.py model.py
 	$(PYTHON) train_ntp.py --preset $(TEACHER_PRESET)
 
-out/draft.pt: $(DATA)/train.bin train_ntp.py model.py
+out/draft.pt: $(DATA)/train.bin train_ntp.py training.py model.py
 	$(PYTHON) train_ntp.py --preset $(DRAFT_PRESET)
 
-out/student.pt: out/teacher.pt distill_mtp.py
+out/student.pt: out/teacher.pt distill_mtp.py training.py
 	$(PYTHON) distill_mtp.py --preset $(STUDENT_PRESET)
 
 out/bench.json: out/teacher.pt out/draft.pt out/student.pt bench.py decode.py
@@ -58,7 +58,7 @@ STUDENTS := $(VARIANTS:%=out/ablations/student_%.pt)
 out/ablations/student_main.pt: out/student.pt
 	mkdir -p out/ablations && cp out/student.pt $@
 
-out/ablations/student_%.pt: out/teacher.pt distill_mtp.py
+out/ablations/student_%.pt: out/teacher.pt distill_mtp.py training.py
 	$(PYTHON) distill_mtp.py --preset $(STUDENT_PRESET) $(FLAGS_$*) --out $@
 
 ablations: install $(STUDENTS)

@@ -1,6 +1,6 @@
 """
 Distill the NTP teacher into a multi-token (MTP) student, online, with the critic loss
-(Kirchenbauer et al. 2026, arXiv 2602.06019; ../shared/METHOD.md sections 3-4).
+(Kirchenbauer et al. 2026, arXiv 2602.06019, Sec. 3.3 and 4; docs/method.md explains it).
 
     python distill_mtp.py                       # CPU default: out/teacher.pt -> out/student.pt
     python distill_mtp.py --preset gpu          # one GPU (bf16, torch.compile)
@@ -20,23 +20,20 @@ One step, for a batch of ground-truth windows x (B, N):
     KL(teacher || student) (soft), averaged over every predicted position.
 """
 import argparse
-import copy
 import os
-import signal
 import sys
 import time
 
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
-import torch.distributed as dist
 from tqdm import tqdm
 
 from data.tokenizer import EOT
-from model import (UserError, add_mask_token, discard_unfinished_write, load_checkpoint, model_from_checkpoint,
-                   save_checkpoint, set_aside_existing, tokenizer_from_checkpoint)
-from train_ntp import (all_ranks_mean, autocast_context, check_same_run, get_batch, get_lr, load_tokens, resume_command,
-                       setup_distributed)
+from model import (HelpFormatter, UserError, add_mask_token, causal_mask, check_flags, load_checkpoint,
+                   model_from_checkpoint, tokenizer_from_checkpoint)
+from training import (add_training_flags, autocast_context, finish, get_batch, get_lr, load_tokens, open_run, parse_with_presets,
+                      restore_run, save_run, settings_line, setup_processes, stop_on_signals, train_step,
+                      wrap_model)
 
 PRESETS = {
     # Denser prediction points than the paper's N / (2 k_max): each block adds only k-1 tokens
@@ -55,54 +52,39 @@ PRESETS = {
     "gpu": dict(batch_size=64, grad_accum=1, max_iters=4000, lr=3e-4, min_lr=3e-5, warmup_iters=200,
                 prefix_loss=3.0, compile=True),
 }
-DEFAULTS = dict(teacher="out/teacher.pt", out="out/student.pt", k_min=2, k_max=8, points=0,
-                supervision="critic", teacher_readout="hard", prefix_loss=0.0, bidirectional=False,
-                weight_decay=0.0, grad_clip=1.0, eval_interval=250, eval_iters=10, seed=1337,
-                device="auto", compile=False, bf16=None, lr_decay_iters=0)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                   help="a tested set of the flags below (they show its values); any flag overrides it")
     p.add_argument("--show-mask", action="store_true", help="print the layout of a small example and exit")
-    p.add_argument("--teacher", default=None, help="the NTP checkpoint to distill (default out/teacher.pt)")
-    p.add_argument("--out", default=None, help="where the student goes (default out/student.pt)")
-    p.add_argument("--k_min", type=int, default=None, help="smallest block size drawn (default 2)")
-    p.add_argument("--k_max", type=int, default=None, help="largest block size drawn (default 8); "
-                   "k_min = k_max trains a fixed k")
-    p.add_argument("--points", type=int, default=None,
-                   help="prediction points per window (default 0: N / (2 k_max), as the paper)")
-    p.add_argument("--supervision", choices=["critic", "ground_truth"], default=None,
-                   help="critic: the teacher scores the student's rollout (default); ground_truth: "
-                   "plain cross-entropy against the data (the paper's 'offline MTP' baseline)")
-    p.add_argument("--teacher_readout", choices=["hard", "soft"], default=None,
-                   help="hard: the teacher's argmax as target (default); soft: KL to its distribution")
-    p.add_argument("--prefix_loss", type=float, default=None,
-                   help="weight of an extra NTP loss on the ground-truth positions (presets: 3.0; the paper: 0)")
-    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=None,
-                   help="masks in a block see each other both ways (default: causal)")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (default: on CUDA only; CPUs with bf16 units gain too)")
-    for key in ("batch_size", "grad_accum", "max_iters", "warmup_iters", "lr_decay_iters", "eval_interval",
-                "eval_iters", "seed"):
-        p.add_argument(f"--{key}", type=int, default=None)
-    for key in ("lr", "min_lr", "weight_decay", "grad_clip"):
-        p.add_argument(f"--{key}", type=float, default=None)
-    p.add_argument("--device", default=None, help="auto, cpu, cuda or mps")
-    args = p.parse_args(argv)
-    for key, value in {**DEFAULTS, **PRESETS[args.preset]}.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    args.lr_decay_iters = args.lr_decay_iters or args.max_iters
-    if not 1 <= args.k_min <= args.k_max:
+    p.add_argument("--teacher", default="out/teacher.pt", help="the NTP checkpoint to distill")
+    p.add_argument("--out", default="out/student.pt", help="where the student goes")
+    g = p.add_argument_group("what the student learns (the paper's ablations switch these)")
+    g.add_argument("--k_min", type=int, default=2, help="smallest block size drawn")
+    g.add_argument("--k_max", type=int, default=8, help="largest block size drawn; k_min = k_max trains a fixed k")
+    g.add_argument("--points", type=int, default=0,
+                   help="prediction points per window (0: N / (2 k_max), as the paper)")
+    g.add_argument("--supervision", choices=["critic", "ground_truth"], default="critic",
+                   help="critic: the teacher scores the student's rollout; ground_truth: plain cross-entropy "
+                   "against the data (the paper's 'offline MTP' baseline)")
+    g.add_argument("--teacher_readout", choices=["hard", "soft"], default="hard",
+                   help="hard: the teacher's argmax as target; soft: KL to its distribution")
+    g.add_argument("--prefix_loss", type=float, default=0.0,
+                   help="weight of an extra NTP loss on the ground-truth positions (the paper: 0)")
+    g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=False,
+                   help="masks in a block see each other both ways (else causal)")
+    add_training_flags(p, weight_decay=0.0, eval_iters=10)
+    args = parse_with_presets(p, PRESETS, "cpu", argv)
+    check_flags(args, positive=("k_min",), non_negative=("points", "prefix_loss"))
+    if not args.k_min <= args.k_max:
         raise UserError(f"need 1 <= --k_min <= --k_max, got k_min={args.k_min}, k_max={args.k_max}")
     return args
 
 
 # --------------------------------------------------------------------------------------
-# The layout (paper Sec. 3, figures 2-4). The paper interleaves each mask block into the
+# The layout (paper Sec. 4.2-4.4, figures 2-4). The paper interleaves each mask block into the
 # sequence; we append the blocks after it with explicit position ids. The visibility rules
 # are the same, so the computation is the same, and one mask serves the whole batch.
 
@@ -126,11 +108,10 @@ def mtp_layout(seq_len, k, points, bidirectional=False):
     N, M, b = seq_len, len(points), k - 1  # b masks per block
     L = N + M * b
     mask = torch.zeros(L, L, dtype=torch.bool)
-    mask[:N, :N] = torch.ones(N, N, dtype=torch.bool).tril()
+    mask[:N, :N] = causal_mask(N)
     pos = [torch.arange(N)]
     read = torch.empty(M, k, dtype=torch.long)
-    within = torch.ones(b, b, dtype=torch.bool)
-    within = within if bidirectional else within.tril()
+    within = torch.ones(b, b, dtype=torch.bool) if bidirectional else causal_mask(b)
     for m, i in enumerate(points.tolist()):
         s = N + m * b  # block m's first slot in the layout
         pos.append(torch.arange(i + 1, i + k))
@@ -157,28 +138,31 @@ def show_mask():
 
 
 # --------------------------------------------------------------------------------------
-# The critic loss.
+# The critic loss (paper Sec. 3.3, eq. 2-3): the teacher scores the student's own rollout.
 
-def distill_loss(student, teacher, x, y, k, points, args, mask_id, n_vocab):
+def distill_loss(student, teacher, x, y, k, points, mask_id, n_vocab, *, supervision="critic",
+                 teacher_readout="hard", prefix_loss=0.0, bidirectional=False):
     """
-    x, y: (B, N) ground-truth inputs and next tokens. Returns (loss, stats) where stats holds the
-    per-block-position agreement of the rollout with the targets and the student's entropy.
+    x, y: (B, N) ground-truth inputs and next tokens; k: tokens per block; points: (M,) prediction
+    points. The keywords are distill_mtp.py's flags of the same names (the paper's ablations).
+    Returns (loss, stats) where stats holds the per-block-position agreement of the rollout with
+    the targets, (k,), and the student's mean entropy.
     """
     B, N = x.shape
     device = x.device
-    pos, mask, read = (t.to(device) for t in mtp_layout(N, k, points, args.bidirectional))
+    pos, mask, read = (t.to(device) for t in mtp_layout(N, k, points, bidirectional))
     M = len(points)
     masks = torch.full((B, M * (k - 1)), mask_id, dtype=x.dtype, device=device)
     logits, _ = student(torch.cat([x, masks], dim=1), pos=pos, attn_mask=mask)  # (B, L, V)
     s_logits = logits[:, read][..., :n_vocab]          # (B, M, k, V): the student's block predictions
     rollout = s_logits.argmax(-1)                      # (B, M, k), no gradient through the argmax
 
-    if args.supervision == "critic":
+    if supervision == "critic":
         with torch.no_grad():
             proposed = rollout[:, :, :k - 1].reshape(B, M * (k - 1))  # y'_1 .. y'_{k-1} in the mask slots
             # The teacher is an NTP model: it reads the rollout causally even when the student's masks
             # see each other both ways (a bidirectional teacher would peek at the tokens it scores).
-            t_mask = mtp_layout(N, k, points)[1].to(device) if args.bidirectional else mask
+            t_mask = mtp_layout(N, k, points)[1].to(device) if bidirectional else mask
             t_logits, _ = teacher(torch.cat([x, proposed], dim=1), pos=pos, attn_mask=t_mask)
             t_logits = t_logits[:, read][..., :n_vocab].float()        # (B, M, k, V)
         targets = t_logits.argmax(-1)                                  # (B, M, k)
@@ -186,17 +170,41 @@ def distill_loss(student, teacher, x, y, k, points, args, mask_id, n_vocab):
         targets = y[:, points[:, None].to(device) + torch.arange(k, device=device)]  # (B, M, k)
 
     log_probs = F.log_softmax(s_logits.float(), dim=-1)  # (B, M, k, V)
-    if args.supervision == "critic" and args.teacher_readout == "soft":
+    if supervision == "critic" and teacher_readout == "soft":
         loss = F.kl_div(log_probs, F.log_softmax(t_logits, -1), log_target=True, reduction="none").sum(-1).mean()
     else:
         loss = F.nll_loss(log_probs.view(-1, n_vocab), targets.reshape(-1))
-    if args.prefix_loss > 0:  # optional: keep plain NTP on the ground truth (an ablation)
-        loss = loss + args.prefix_loss * F.cross_entropy(logits[:, :N].float().reshape(-1, logits.size(-1)),
-                                                         y.reshape(-1))
+    if prefix_loss > 0:  # optional: keep plain NTP on the ground truth (an ablation)
+        loss = loss + prefix_loss * F.cross_entropy(logits[:, :N].float().reshape(-1, logits.size(-1)),
+                                                    y.reshape(-1))
     with torch.no_grad():
         stats = {"agreement": (rollout == targets).float().mean(dim=(0, 1)),  # (k,) per block position
                  "entropy": -(log_probs.exp() * log_probs).sum(-1).mean()}
     return loss, stats
+
+
+@torch.no_grad()
+def validate(student, teacher, val_data, val_starts, n_points, mask_id, n_vocab, loss_settings, args, device, autocast):
+    """Loss and per-position agreement with the teacher, (k_max,), on fixed val batches at k = k_max.
+    Agreement is scored against the teacher's argmax whatever the supervision, so the curves of
+    every variant (ground-truth supervision included) compare."""
+    student.eval()
+    block_size = teacher.config.block_size
+    gen = torch.Generator().manual_seed(0)
+    losses, agree = [], torch.zeros(args.k_max)
+    for _ in range(args.eval_iters):
+        x, y = get_batch(val_data, val_starts, args.batch_size, block_size, gen)
+        x, y = x.to(device), y.to(device)
+        points = prediction_points(block_size, args.k_max, n_points, 0)
+        with autocast:
+            loss, stats = distill_loss(student, teacher, x, y, args.k_max, points, mask_id, n_vocab, **loss_settings)
+            if args.supervision != "critic":
+                _, stats = distill_loss(student, teacher, x, y, args.k_max, points, mask_id, n_vocab,
+                                        **{**loss_settings, "supervision": "critic", "teacher_readout": "hard"})
+        losses.append(loss.item())
+        agree += stats["agreement"].cpu() / args.eval_iters
+    student.train()
+    return sum(losses) / len(losses), agree
 
 
 def make_student(teacher_ckpt, device, seed):
@@ -209,156 +217,98 @@ def make_student(teacher_ckpt, device, seed):
 
 
 def main(args):
-    ddp, rank, world, local_rank, device = setup_distributed(args.device, args.grad_accum)
-    master = rank == 0
-    device_type = device.split(":")[0]
-    log = print if master else (lambda *a, **k: None)
+    procs = setup_processes(args.device, args.grad_accum)
+    log = print if procs.master else (lambda *a, **k: None)
+    log(settings_line(args))
     torch.manual_seed(args.seed)
 
-    teacher_ckpt = load_checkpoint(args.teacher, kinds=("teacher",), device=device)
-    teacher = model_from_checkpoint(teacher_ckpt, device)  # frozen: eval mode, no gradients
+    teacher_ckpt = load_checkpoint(args.teacher, kinds=("teacher",), device=procs.device)
+    teacher = model_from_checkpoint(teacher_ckpt, procs.device)  # frozen: eval mode, no gradients
     for p in teacher.parameters():
         p.requires_grad_(False)
-    student, mask_id, enc = make_student(teacher_ckpt, device, args.seed)
+    student, mask_id, enc = make_student(teacher_ckpt, procs.device, args.seed)
     data_dir = os.path.dirname(teacher_ckpt["tokenizer"])
     eot_id = enc.encode(EOT, allowed_special={EOT})[0]
     block_size = teacher.config.block_size
-    train_data, train_starts, _ = load_tokens(data_dir, "train", eot_id, block_size)
-    val_data, val_starts, _ = load_tokens(data_dir, "val", eot_id, block_size)
+    train_data, train_starts = load_tokens(data_dir, "train", eot_id, block_size)
+    val_data, val_starts = load_tokens(data_dir, "val", eot_id, block_size)
     n_points = args.points or max(1, block_size // (2 * args.k_max))  # paper: M = N / (2 k_max)
     if args.k_max >= block_size:
         raise UserError(f"--k_max {args.k_max} must be smaller than the context ({block_size})")
+    loss_settings = dict(supervision=args.supervision, teacher_readout=args.teacher_readout,
+                         prefix_loss=args.prefix_loss, bidirectional=args.bidirectional)
 
-    optimizer = student.configure_optimizers(args.weight_decay, args.lr, (0.9, 0.95), device_type)
-    # Three independent streams (METHOD.md: the public code correlates k and the offset).
+    optimizer = student.configure_optimizers(args.weight_decay, args.lr, (0.9, 0.95), procs.device_type)
+    # Three independent random streams: the data, k, and the points' offset. (Drawing k and the
+    # offset from one stream correlates them, so some offsets would only ever meet some k.)
     data_gen = torch.Generator().manual_seed(args.seed)
     k_gen = torch.Generator().manual_seed(args.seed + 1)
     offset_gen = torch.Generator().manual_seed(args.seed + 2)
-    step, loss_log = 0, []  # loss_log: the training loss of every step
-    if master and discard_unfinished_write(args.out):
-        log(f"removed {args.out}.tmp: a checkpoint write that was killed before it finished")
-    if args.resume:
-        ckpt = load_checkpoint(args.out, kinds=("student",), device=device)
-        check_same_run(ckpt["args"], args, args.out)
+    generators = {"data_gen": data_gen, "k_gen": k_gen, "offset_gen": offset_gen}
+    step, loss_log, agreement_log = 0, [], []  # the loss of every step; agreement at every validation
+    ckpt = open_run(args, "student", procs, log)
+    if ckpt is not None:
         student.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for g, name in ((data_gen, "data_gen"), (k_gen, "k_gen"), (offset_gen, "offset_gen")):
-            g.set_state(ckpt[name])
-        if "torch_rng" in ckpt:  # (checkpoints from before it was saved lack it)
-            torch.set_rng_state(ckpt["torch_rng"])
-        step, loss_log = ckpt["step"], ckpt.get("loss_log", [])
-        log(f"resuming {args.out} at step {step}")
-    else:
-        moved_to = set_aside_existing(args.out) if master else None
-        if moved_to:
-            log(f"moved the existing {args.out} to {moved_to} (to continue a run, use --resume)")
+        step, loss_log = restore_run(ckpt, optimizer, generators)
+        agreement_log = ckpt["agreement_log"]
     student.train()
-    raw_student = student
-    if args.compile:
-        student = torch.compile(student)
-    if ddp:
-        student = DDP(student, device_ids=[local_rank] if device_type == "cuda" else None)
-    autocast = autocast_context(device_type, args.bf16)
+    raw_student, student = student, wrap_model(student, args, procs)
+    autocast = autocast_context(procs.device_type, args.bf16)
 
-    # Agreement is always scored against the teacher's argmax, whatever the supervision, so the
-    # curves of every variant (ground-truth supervision included) can be compared.
-    critic_args = argparse.Namespace(**{**vars(args), "supervision": "critic", "teacher_readout": "hard"})
+    def evaluate():  # the student's val loss and agreement now
+        return validate(raw_student, teacher, val_data, val_starts, n_points, mask_id, enc.n_vocab, loss_settings,
+                        args, procs.device, autocast)
 
-    @torch.no_grad()
-    def validate():
-        """Loss and per-position agreement with the teacher on fixed val batches at k = k_max."""
-        raw_student.eval()
-        gen = torch.Generator().manual_seed(0)
-        losses, agree = [], torch.zeros(args.k_max)
-        for _ in range(args.eval_iters):
-            x, y = get_batch(val_data, val_starts, args.batch_size, block_size, gen)
-            x, y = x.to(device), y.to(device)
-            points = prediction_points(block_size, args.k_max, n_points, 0)
-            with autocast:
-                loss, stats = distill_loss(raw_student, teacher, x, y, args.k_max, points, args, mask_id, enc.n_vocab)
-                if args.supervision != "critic":
-                    _, stats = distill_loss(raw_student, teacher, x, y, args.k_max, points, critic_args, mask_id,
-                                            enc.n_vocab)
-            losses.append(loss.item())
-            agree += stats["agreement"].cpu() / args.eval_iters
-        raw_student.train()
-        return sum(losses) / len(losses), agree
+    def checkpoint(val_loss):
+        save_run(args.out, raw_student, "student", teacher_ckpt["tokenizer"], step, optimizer, generators, loss_log,
+                 args, mask_id=mask_id, k_max=args.k_max, bidirectional=args.bidirectional, val_loss=val_loss,
+                 agreement_log=agreement_log)
 
-    def checkpoint(val_loss, agreement_log):
-        save_checkpoint(args.out, raw_student, "student", teacher_ckpt["tokenizer"], step=step,
-                        mask_id=mask_id, k_max=args.k_max, bidirectional=args.bidirectional,
-                        optimizer=optimizer.state_dict(),
-                        data_gen=data_gen.get_state(), k_gen=k_gen.get_state(),
-                        offset_gen=offset_gen.get_state(), torch_rng=torch.get_rng_state(), loss_log=loss_log,
-                        val_loss=val_loss,
-                        agreement_log=agreement_log, args=dict(vars(args)))
-
-    agreement_log = ckpt.get("agreement_log", []) if args.resume else []
     log(f"student: {raw_student.num_params() / 1e6:.2f}M parameters, <MTP> = id {mask_id}, "
         f"k ~ U[{args.k_min}, {args.k_max}], {n_points} prediction points per window, "
-        f"{args.supervision} supervision{', ' + args.teacher_readout + ' teacher' if args.supervision == 'critic' else ''}")
-    log(f"distilling {args.max_iters} steps on {device}{f' x {world} processes' if ddp else ''} -> {args.out}")
-    stop = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.append(True))
-
-    micro_steps = args.grad_accum // world
-    bar = tqdm(total=args.max_iters, initial=step, desc="student", disable=not master, dynamic_ncols=True)
+        f"{args.supervision} supervision" + (f", {args.teacher_readout} teacher" if args.supervision == "critic" else ""))
+    log(f"distilling {args.max_iters} steps on {procs.device}{f' x {procs.world} processes' if procs.ddp else ''}"
+        f" -> {args.out}")
+    stop = stop_on_signals()
+    bar = tqdm(total=args.max_iters, initial=step, desc="student", disable=not procs.master, dynamic_ncols=True)
     t0, val_loss = time.time(), float("nan")
     # Validate at step 0 too (the starting agreement is the first point of the curves); a resumed
     # checkpoint was validated at its step already.
     evaluated_at = step if args.resume else -1
     while step < args.max_iters and not stop:
-        if step % args.eval_interval == 0 and step != evaluated_at and master:
-            val_loss, agree = validate()
-            agreement_log.append({"step": step, "val_loss": val_loss, "agreement": [round(a, 4) for a in agree.tolist()]})
+        if step % args.eval_interval == 0 and step != evaluated_at and procs.master:
+            val_loss, agree = evaluate()
+            agreement_log.append({"step": step, "val_loss": val_loss,
+                                  "agreement": [round(a, 4) for a in agree.tolist()]})
             bar.write(f"step {step}: val loss {val_loss:.4f}, agreement with the teacher by block position "
                       + " ".join(f"{a:.2f}" for a in agree.tolist()))
             if step > 0:
-                checkpoint(val_loss, agreement_log)
+                checkpoint(val_loss)
 
         lr = get_lr(step, args)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
         k = int(torch.randint(args.k_min, args.k_max + 1, (1,), generator=k_gen))
         stride = max(1, block_size // n_points)
         points = prediction_points(block_size, k, n_points, int(torch.randint(stride, (1,), generator=offset_gen)))
         x, y = get_batch(train_data, train_starts, args.batch_size * args.grad_accum, block_size, data_gen)
-        loss_sum, entropy = 0.0, 0.0
-        for i, micro in enumerate(range(rank, args.grad_accum, world)):
-            xb = x[micro * args.batch_size:(micro + 1) * args.batch_size].to(device)
-            yb = y[micro * args.batch_size:(micro + 1) * args.batch_size].to(device)
-            if ddp:
-                student.require_backward_grad_sync = i == micro_steps - 1
-            with autocast:
-                loss, stats = distill_loss(student, teacher, xb, yb, k, points, args, mask_id, enc.n_vocab)
-            (loss / micro_steps).backward()
-            loss_sum += loss.item() / micro_steps
-            entropy += stats["entropy"].item() / micro_steps
-        if args.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), args.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ddp:  # log the loss of the whole global batch, as one process would
-            loss_sum = all_ranks_mean(loss_sum, device)
+
+        def block_loss(model, xb, yb):
+            loss, stats = distill_loss(model, teacher, xb, yb, k, points, mask_id, enc.n_vocab, **loss_settings)
+            return loss, {"entropy": stats["entropy"].item()}
+
+        loss, means = train_step(student, optimizer, lr, x, y, block_loss, autocast, args, procs)
         step += 1
-        loss_log.append(loss_sum)
+        loss_log.append(loss)
         bar.update(1)
-        bar.set_postfix(k=k, loss=f"{loss_sum:.3f}", entropy=f"{entropy:.2f}", lr=f"{lr:.1e}")
+        bar.set_postfix(k=k, loss=f"{loss:.3f}", entropy=f"{means['entropy']:.2f}", lr=f"{lr:.1e}")
     bar.close()
 
-    if master:
-        val_loss, agree = validate()
+    if procs.master:
+        val_loss, agree = evaluate()
         agreement_log.append({"step": step, "val_loss": val_loss, "agreement": [round(a, 4) for a in agree.tolist()]})
-        checkpoint(val_loss, agreement_log)
+        checkpoint(val_loss)
         log(f"{'stopped' if stop else 'done'} at step {step}: val loss {val_loss:.4f}, agreement by position "
             + " ".join(f"{a:.2f}" for a in agree.tolist()) + f", {(time.time() - t0) / 60:.1f} min -> {args.out}")
-        if stop:
-            log(f"continue with: {resume_command(args)}")
-    if ddp:
-        dist.destroy_process_group()
-    if stop:
-        sys.exit(130)
+    finish(bool(stop), args, procs, log)
 
 
 if __name__ == "__main__":

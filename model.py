@@ -11,8 +11,10 @@ Two additions over a plain GPT, both needed for multi-token prediction:
   speculative decoding both compute keys/values for tokens they later throw away; rolling
   back is just lowering `cache.length`, and the next forward overwrites the stale slots.
 
-Also here, because every script needs them: checkpoint save/load and device selection.
+Also here, because every script needs them: checkpoint save/load, device selection, the
+one-line errors (`UserError`) and the checks and help format of command-line flags.
 """
+import argparse
 import hashlib
 import math
 import os
@@ -30,6 +32,30 @@ class UserError(Exception):
     Scripts print it as one sentence instead of a traceback."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the script's docstring as written and shows every flag's default."""
+
+
+def check_flags(args, positive=(), non_negative=(), fractions=()):
+    """Refuse flag values that cannot work, before any work starts, with one line saying what to
+    use (instead of an exception from deep inside torch, minutes later). A --seed must fit the
+    random generators: 0 <= seed < 2**32. Counts and rates must be finite."""
+    for flag in positive:
+        if not getattr(args, flag) > 0:
+            raise UserError(f"--{flag} must be > 0, got {getattr(args, flag)}")
+    for flag in non_negative:
+        if not getattr(args, flag) >= 0:
+            raise UserError(f"--{flag} must be >= 0, got {getattr(args, flag)}")
+    for flag in (*positive, *non_negative):
+        if not math.isfinite(getattr(args, flag)):   # an lr of inf trains to NaN without a word
+            raise UserError(f"--{flag} must be a finite number, got {getattr(args, flag)}")
+    for flag in fractions:
+        if not 0 <= getattr(args, flag) < 1:
+            raise UserError(f"--{flag} must be in [0, 1), got {getattr(args, flag)}")
+    if not 0 <= getattr(args, "seed", 0) < 2**32:
+        raise UserError(f"--seed must be in [0, 2**32), got {args.seed}")
+
+
 @dataclass
 class GPTConfig:
     block_size: int = 256   # context length
@@ -39,6 +65,12 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True       # biases in Linear and LayerNorm layers, as GPT-2
+
+
+def causal_mask(T, start=0, device=None):
+    """(T, start + T) bool, True = may attend: the query at slot start + i sees slots
+    0 .. start + i. start > 0 is a forward that continues after `start` cached slots."""
+    return torch.ones(T, start + T, dtype=torch.bool, device=device).tril(diagonal=start)
 
 
 class KVCache:
@@ -170,9 +202,7 @@ class GPT(nn.Module):
         # With explicit positions (the MTP layout) T may exceed block_size: the appended
         # blocks reuse positions of the sequence; only the positions must fit the context.
         if cache is not None and attn_mask is None and T > 1:
-            # causal with an offset: the query at slot start+i sees slots 0 .. start+i
-            slots = torch.arange(start + T, device=idx.device)
-            attn_mask = slots[None, :] <= (start + torch.arange(T, device=idx.device))[:, None]  # (T, start + T)
+            attn_mask = causal_mask(T, start, idx.device)  # causal with an offset: (T, start + T)
         if attn_mask is not None and attn_mask.dim() == 3:
             attn_mask = attn_mask[:, None]  # (B, 1, T, T_keys): the same mask for every head
 
@@ -198,7 +228,7 @@ class GPT(nn.Module):
 
 
 def add_mask_token(model, mask_id, generator=None):
-    """Give the <MTP> mask token an unused vocabulary slot (METHOD.md section 3).
+    """Give the <MTP> mask token an unused vocabulary slot (docs/method.md, "The student").
 
     Its embedding row is drawn from the mean and spread of the rows in use (ids < mask_id),
     so it starts as a typical-looking token rather than the random init of an unused slot.
@@ -250,26 +280,6 @@ def save_checkpoint(path, model, kind, tokenizer, **extra):
         os.fsync(f.fileno())
     os.replace(tmp, path)  # atomic on POSIX and Windows
 
-
-def set_aside_existing(path):
-    """A fresh run first moves a checkpoint already at `path` to `path`.old (or .old1, .old2, ...
-    if that is taken): starting over by mistake, instead of --resume, must not destroy a run.
-    Returns where it went, or None if there was nothing at `path`."""
-    if not os.path.exists(path):
-        return None
-    target, n = path + ".old", 1
-    while os.path.exists(target):
-        target, n = f"{path}.old{n}", n + 1
-    os.replace(path, target)
-    return target
-
-
-def discard_unfinished_write(path):
-    """Remove the temporary file a killed save_checkpoint left behind; True if there was one."""
-    if os.path.exists(path + ".tmp"):
-        os.remove(path + ".tmp")
-        return True
-    return False
 
 
 def load_checkpoint(path, kinds=CHECKPOINT_KINDS, device="cpu"):

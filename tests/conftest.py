@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny dataset made once per test session, and a helper to run scripts."""
+"""Shared by every test file: tiny model shapes, the flags of a tiny training run, a tiny dataset
+made once per test session, and a helper to run scripts as a user would."""
 import os
 import subprocess
 import sys
@@ -7,6 +8,20 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the tests import the scripts' modules (model, decode, ...)
+
+
+from model import GPTConfig  # noqa: E402 (needs ROOT on the path)
+
+# Models built in the tests: a tokenizer of N_VOCAB ids padded to VOCAB slots; <MTP> takes the
+# first free slot. SMALL is the draft beside a TINY target.
+N_VOCAB, VOCAB = 120, 128
+MASK = N_VOCAB
+TINY = GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32)
+SMALL = GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=1, n_head=1, n_embd=16)
+
+# A training run of train_ntp.py small enough for a test (a few seconds per 30 steps).
+TINY_RUN = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--batch_size", "8",
+            "--eval_iters", "2", "--warmup_iters", "5", "--lr", "3e-3", "--device", "cpu"]
 
 
 def run_script(*args, cwd=ROOT, timeout=300):
@@ -28,9 +43,8 @@ def untrained_teacher(data_dir, path):
     """Save a small random GPT over the dataset at `path` as a teacher checkpoint: the
     distillation tests check mechanics, which need no trained teacher. Returns `path`."""
     from data.tokenizer import load_tokenizer, padded_vocab_size
-    from model import GPT, GPTConfig, save_checkpoint
+    from model import GPT, save_checkpoint
     tokenizer = str(data_dir / "tokenizer.json")
-    config = GPTConfig(block_size=64, vocab_size=padded_vocab_size(load_tokenizer(tokenizer)), n_layer=2, n_head=2,
-                       n_embd=32)
+    config = GPTConfig(**{**TINY.__dict__, "vocab_size": padded_vocab_size(load_tokenizer(tokenizer))})
     save_checkpoint(str(path), GPT(config), "teacher", tokenizer)
     return str(path)

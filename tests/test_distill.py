@@ -1,24 +1,15 @@
 """The student: the mask token, the training layout, the critic loss, and MTP decoding."""
-import argparse
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_script, untrained_teacher
+from conftest import MASK, N_VOCAB, TINY, TINY_RUN, run_script, untrained_teacher
 from data.tokenizer import load_tokenizer
 from decode import generate_mtp, generate_ntp
-from distill_mtp import DEFAULTS, distill_loss, make_student, mtp_layout, prediction_points
-from model import GPT, GPTConfig, UserError, add_mask_token, load_checkpoint
-
-N_VOCAB, VOCAB = 120, 128            # the tokenizer's ids, and the padded model vocabulary
-MASK = N_VOCAB                       # <MTP> takes the first free slot
-TINY = GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32)
-
-
-def loss_args(**overrides):
-    return argparse.Namespace(**{**DEFAULTS, **overrides})
+from distill_mtp import distill_loss, mtp_layout, prediction_points
+from model import GPT, UserError, add_mask_token, load_checkpoint
 
 
 @pytest.fixture
@@ -39,7 +30,7 @@ def test_the_mask_token_gets_a_typical_embedding_and_nothing_else_changes(pair):
     assert (wte_s[MASK] - wte_t[:MASK].mean(0)).abs().mean() < 3 * wte_t[:MASK].std(0).mean()
     assert not torch.equal(wte_s[MASK], wte_t[MASK])
     with pytest.raises(UserError, match="no free vocabulary slot"):
-        add_mask_token(student, VOCAB)
+        add_mask_token(student, TINY.vocab_size)
 
 
 @pytest.mark.parametrize("k, bidirectional", [(1, False), (2, False), (4, False), (4, True)])
@@ -96,8 +87,8 @@ def test_the_critic_loss_scores_the_rollout_by_the_teachers_one_at_a_time_contin
     N, k = 32, 4
     x, y = torch.randint(0, N_VOCAB, (1, N)), torch.randint(0, N_VOCAB, (1, N))
     points = prediction_points(N, k, n_points=3, offset=2)
-    args = loss_args(bidirectional=bidirectional, teacher_readout=readout)
-    loss, _ = distill_loss(student, teacher, x, y, k, points, args, MASK, N_VOCAB)
+    loss, _ = distill_loss(student, teacher, x, y, k, points, MASK, N_VOCAB, bidirectional=bidirectional,
+                           teacher_readout=readout)
     pos, mask, read = mtp_layout(N, k, points, bidirectional)
     s_logits = student(torch.cat([x, torch.full((1, len(points) * (k - 1)), MASK)], 1), pos=pos,
                        attn_mask=mask)[0][0, read][..., :N_VOCAB]  # (M, k, V)
@@ -132,9 +123,9 @@ def test_k1_at_step_0_the_student_agrees_with_the_teacher_exactly(pair):
     x = torch.randint(0, N_VOCAB, (2, 32))
     y = torch.randint(0, N_VOCAB, (2, 32))
     points = prediction_points(32, 1, n_points=8, offset=0)
-    soft, _ = distill_loss(student, teacher, x, y, 1, points, loss_args(teacher_readout="soft"), MASK, N_VOCAB)
+    soft, _ = distill_loss(student, teacher, x, y, 1, points, MASK, N_VOCAB, teacher_readout="soft")
     assert soft.item() == pytest.approx(0.0, abs=1e-6)  # KL(teacher || itself)
-    hard, stats = distill_loss(student, teacher, x, y, 1, points, loss_args(), MASK, N_VOCAB)
+    hard, stats = distill_loss(student, teacher, x, y, 1, points, MASK, N_VOCAB)
     assert stats["agreement"].tolist() == [1.0]          # every rollout token is the teacher's
     # the hard loss is then the teacher's own -log p(argmax): the floor of cross-entropy to it
     probs = torch.softmax(teacher(x)[0][:, points, :N_VOCAB], -1)
@@ -150,7 +141,7 @@ def test_the_teacher_never_changes_and_gets_no_gradient(pair):
     opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
     for step in range(3):
         x = torch.randint(0, N_VOCAB, (2, 32))
-        loss, _ = distill_loss(student, teacher, x, x, 3, prediction_points(32, 3, 4, step), loss_args(), MASK, N_VOCAB)
+        loss, _ = distill_loss(student, teacher, x, x, 3, prediction_points(32, 3, 4, step), MASK, N_VOCAB)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -164,7 +155,7 @@ def test_ground_truth_supervision_targets_the_data(pair):
     x = torch.randint(0, N_VOCAB, (1, 32))
     y = torch.roll(x, -1, dims=1)
     points = prediction_points(32, 3, n_points=4, offset=1)
-    loss, stats = distill_loss(student, teacher, x, y, 3, points, loss_args(supervision="ground_truth"), MASK, N_VOCAB)
+    loss, stats = distill_loss(student, teacher, x, y, 3, points, MASK, N_VOCAB, supervision="ground_truth")
     assert torch.isfinite(loss) and stats["agreement"].shape == (3,)
 
 
@@ -221,69 +212,90 @@ def test_show_mask_prints_the_layout():
     assert "M1.1 (pos  3)    #    #    #    .    .    .    .    .    #    .    .    ." in r.stdout
 
 
-@pytest.mark.slow
-def test_distillation_runs_resumes_and_decodes(tiny_data, tmp_path):
-    common = ["--data_dir", str(tiny_data), "--n_layer", "2", "--n_head", "2", "--n_embd", "32",
-              "--block_size", "64", "--batch_size", "8", "--eval_iters", "2", "--device", "cpu"]
-    r = run_script("train_ntp.py", *common, "--max_iters", "30", "--out", str(tmp_path / "teacher.pt"))
+@pytest.fixture(scope="module")
+def distilled(tiny_data, tmp_path_factory):
+    """A teacher trained for 30 steps and its student distilled for 5 steps, then resumed to 10.
+    Returns (folder, the distill command, the first run's stdout)."""
+    d = tmp_path_factory.mktemp("distilled")
+    r = run_script("train_ntp.py", "--data_dir", str(tiny_data), *TINY_RUN, "--max_iters", "30",
+                   "--out", str(d / "teacher.pt"))
     assert r.returncode == 0, r.stderr[-2000:]
-    distill = ["distill_mtp.py", "--teacher", str(tmp_path / "teacher.pt"), "--out", str(tmp_path / "student.pt"),
+    distill = ["distill_mtp.py", "--teacher", str(d / "teacher.pt"), "--out", str(d / "student.pt"),
                "--k_max", "4", "--batch_size", "4", "--eval_iters", "2", "--eval_interval", "5", "--device", "cpu",
                "--lr_decay_iters", "10"]
-    r = run_script(*distill, "--max_iters", "5")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "agreement with the teacher by block position" in r.stdout
+    first = run_script(*distill, "--max_iters", "5")
+    assert first.returncode == 0, first.stderr[-2000:]
     r = run_script(*distill, "--max_iters", "10", "--resume")
     assert r.returncode == 0, r.stderr[-2000:]
-    ckpt = load_checkpoint(str(tmp_path / "student.pt"), kinds=("student",))
+    return d, distill, first.stdout
+
+
+@pytest.mark.slow
+def test_distillation_logs_agreement_and_resumes(distilled, tiny_data):
+    d, _, first_stdout = distilled
+    assert "agreement with the teacher by block position" in first_stdout
+    ckpt = load_checkpoint(str(d / "student.pt"), kinds=("student",))
     assert ckpt["step"] == 10
     assert ckpt["mask_id"] == load_tokenizer(str(tiny_data / "tokenizer.json")).n_vocab  # the first free slot
     assert [e["step"] for e in ckpt["agreement_log"]] == [0, 5, 10]
-    r = run_script("decode.py", "--ckpt", str(tmp_path / "student.pt"), "--prompt", "How many?", "--show-chunks",
+    r = run_script("distill_mtp.py", "--teacher", str(d / "student.pt"))
+    assert r.returncode != 0 and "is a student checkpoint, but a teacher" in r.stderr
+
+
+@pytest.mark.slow
+def test_the_student_decodes_with_masks_and_as_a_drafter(distilled):
+    d, _, _ = distilled
+    r = run_script("decode.py", "--ckpt", str(d / "student.pt"), "--prompt", "How many?", "--show-chunks",
                    "--max_new_tokens", "12", "--device", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "tokens/forward (effective k)" in r.stderr and "]" in r.stdout
-    r = run_script("distill_mtp.py", "--teacher", str(tmp_path / "student.pt"))
-    assert r.returncode != 0 and "is a student checkpoint, but a teacher" in r.stderr
-    for flags in (["--ckpt", str(tmp_path / "student.pt"), "--self-speculative"],
-                  ["--ckpt", str(tmp_path / "teacher.pt"), "--draft", str(tmp_path / "student.pt"), "--k", "3"]):
+    for flags in (["--ckpt", str(d / "student.pt"), "--self-speculative"],
+                  ["--ckpt", str(d / "teacher.pt"), "--draft", str(d / "student.pt"), "--k", "3"]):
         r = run_script("decode.py", *flags, "--prompt", "How many?", "--show-chunks", "--max_new_tokens", "12",
                        "--device", "cpu")
         assert r.returncode == 0 and "drafts accepted" in r.stderr, r.stderr[-2000:]
-    r = run_script("bench.py", "--teacher", str(tmp_path / "teacher.pt"), "--student", str(tmp_path / "student.pt"),
-                   "--draft", str(tmp_path / "none.pt"), "--n", "3", "--max_new_tokens", "20", "--device", "cpu",
-                   "--taus", "0.9", "--static_k", "1,2", "--out_dir", str(tmp_path / "out"))
+
+
+@pytest.mark.slow
+def test_the_bench_measures_the_student_and_its_lossless_strategies(distilled):
+    d, _, _ = distilled
+    r = run_script("bench.py", "--teacher", str(d / "teacher.pt"), "--student", str(d / "student.pt"),
+                   "--draft", str(d / "none.pt"), "--n", "3", "--max_new_tokens", "20", "--device", "cpu",
+                   "--taus", "0.9", "--static_k", "1,2", "--out_dir", str(d / "out"))
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = {(row["model"], row["strategy"]): row for row in json.load(open(tmp_path / "out" / "bench.json"))}
+    rows = {(row["model"], row["strategy"]): row for row in json.load(open(d / "out" / "bench.json"))}
     assert {("student", "static k=2"), ("student", "ConfAdapt tau=0.9")} <= set(rows)
     assert rows[("student", "self-speculative k=4")]["identical"] == 100.0  # == the student's k=1 output
     assert rows[("teacher + student", "MTP-drafted speculative k=4")]["identical"] == 100.0  # == the teacher's
-    assert (tmp_path / "out" / "chunks.png").stat().st_size > 0  # ConfAdapt's passes drawn as chunks
-    # The ablation comparison: a second variant, then one curve per student.
-    r = run_script(*distill, "--max_iters", "5", "--supervision", "ground_truth", "--out",
-                   str(tmp_path / "student_gt.pt"))
+    assert (d / "out" / "chunks.png").stat().st_size > 0  # ConfAdapt's passes drawn as chunks
+
+
+@pytest.mark.slow
+def test_the_ablation_comparison_draws_one_curve_per_student(distilled):
+    d, distill, _ = distilled
+    r = run_script(*distill, "--max_iters", "5", "--supervision", "ground_truth", "--out", str(d / "student_gt.pt"))
     assert r.returncode == 0, r.stderr[-2000:]
-    r = run_script("bench.py", "--teacher", str(tmp_path / "teacher.pt"), "--compare", str(tmp_path / "student.pt"),
-                   str(tmp_path / "student_gt.pt"), "--n", "3", "--max_new_tokens", "20", "--device", "cpu",
-                   "--taus", "0.8,0.9", "--static_k", "1,3", "--out_dir", str(tmp_path / "out"))
+    r = run_script("bench.py", "--teacher", str(d / "teacher.pt"), "--compare", str(d / "student.pt"),
+                   str(d / "student_gt.pt"), "--n", "3", "--max_new_tokens", "20", "--device", "cpu",
+                   "--taus", "0.8,0.9", "--static_k", "1,3", "--out_dir", str(d / "ablation"))
     assert r.returncode == 0, r.stderr[-2000:]
-    rows = json.load(open(tmp_path / "out" / "ablations.json"))
+    rows = json.load(open(d / "ablation" / "ablations.json"))
     assert [(row["model"], row["strategy"]) for row in rows] == [("teacher", "ntp greedy")] + [
         (variant, s) for variant in ("student", "gt")
         for s in ("static k=1", "static k=3", "ConfAdapt tau=0.8", "ConfAdapt tau=0.9")]
-    table = (tmp_path / "out" / "ablations.md").read_text()
+    table = (d / "ablation" / "ablations.md").read_text()
     assert "| variant | k=1: acc (95%), well-formed | tau=0.9: acc (95%), well-formed | tau=0.9: tokens/forward |" in table
     gt = {row["strategy"]: row for row in rows if row["model"] == "gt"}
     k1, tau = gt["static k=1"], gt["ConfAdapt tau=0.9"]
     lo, hi = k1["accuracy_95"]
     assert lo <= k1["accuracy"] <= hi and 0 <= lo and hi <= 100
-    agreement = load_checkpoint(str(tmp_path / "student_gt.pt"))["agreement_log"][-1]["agreement"]
+    agreement = load_checkpoint(str(d / "student_gt.pt"))["agreement_log"][-1]["agreement"]
     assert (f"| gt | {k1['accuracy']} ({lo}-{hi}), {k1['well_formed']} | {tau['accuracy']} "
             f"({tau['accuracy_95'][0]}-{tau['accuracy_95'][1]}), {tau['well_formed']} | {tau['tokens_per_forward']} |"
             ) in table
     assert " ".join(f"{a:.2f}" for a in agreement) + " |" in table
     for picture in ("ablations.png", "agreement.png"):
-        assert (tmp_path / "out" / picture).stat().st_size > 0
+        assert (d / "ablation" / picture).stat().st_size > 0
 
 
 @pytest.mark.slow

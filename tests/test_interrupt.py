@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import run_script, untrained_teacher
+from conftest import TINY_RUN, run_script, untrained_teacher
 from model import load_checkpoint
 
 # Runs a training script with one thing changed: at the `at`-th call of a function every step
@@ -50,9 +50,7 @@ else:
 runpy.run_path(script, run_name="__main__")
 """
 
-TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--batch_size", "8",
-        "--eval_iters", "2", "--warmup_iters", "5", "--lr", "3e-3", "--device", "cpu", "--max_iters", "30",
-        "--lr_decay_iters", "30", "--eval_interval", "10",
+TINY = [*TINY_RUN, "--max_iters", "30", "--lr_decay_iters", "30", "--eval_interval", "10",
         "--dropout", "0.1"]  # dropout draws from torch's RNG: a resume must restore it too
 
 

@@ -2,13 +2,11 @@
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import TINY, run_script
 from data.tokenizer import load_tokenizer, padded_vocab_size
 from decode import generate_ntp
 from model import (GPT, GPTConfig, KVCache, UserError, load_checkpoint, model_from_checkpoint,
                    save_checkpoint, tokenizer_from_checkpoint)
-
-TINY = GPTConfig(block_size=64, vocab_size=128, n_layer=2, n_head=2, n_embd=32)
 
 
 @pytest.fixture

@@ -1,22 +1,18 @@
 """Training: the loss goes down, resume is exact, torchrun matches one process; bench runs."""
 import json
 import math
-import sys
 
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import TINY_RUN, run_script
 from data.tokenizer import EOT, load_tokenizer
 from model import load_checkpoint
-from train_ntp import load_tokens
-
-TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--batch_size", "8",
-        "--eval_iters", "2", "--warmup_iters", "5", "--lr", "3e-3", "--device", "cpu"]
-
+from train_ntp import question_mask
+from training import load_tokens
 
 def train(data, out, *extra):
-    r = run_script("train_ntp.py", "--data_dir", str(data), "--out", str(out), *TINY, *extra)
+    r = run_script("train_ntp.py", "--data_dir", str(data), "--out", str(out), *TINY_RUN, *extra)
     assert r.returncode == 0, r.stderr[-2000:]
     return load_checkpoint(str(out))
 
@@ -32,7 +28,8 @@ def test_a_short_training_run_lowers_the_loss(tiny_data, tmp_path):
 def test_loss_on_answers_leaves_out_exactly_the_questions(tiny_data):
     enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
     eot_id = enc.encode(EOT, allowed_special={EOT})[0]
-    data, _, no_loss = load_tokens(str(tiny_data), "val", eot_id, 64, enc.encode_ordinary("Answer:"))
+    data, _ = load_tokens(str(tiny_data), "val", eot_id, 64)
+    no_loss = question_mask(data, eot_id, enc.encode_ordinary("Answer:"))
     kept = enc.decode(data[~no_loss].tolist()).split(EOT)[:-1]
     left_out = enc.decode(data[no_loss].tolist()).split("Answer:")[:-1]
     assert len(kept) == len(left_out) > 10
@@ -66,7 +63,7 @@ def test_torchrun_with_two_processes_matches_one_process(tiny_data, tmp_path):
     common = ["--max_iters", "10", "--grad_accum", "2", "--eval_interval", "1000"]
     single = train(tiny_data, tmp_path / "one.pt", *common)
     r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_ntp.py",
-                   "--data_dir", str(tiny_data), "--out", str(tmp_path / "two.pt"), *TINY, *common)
+                   "--data_dir", str(tiny_data), "--out", str(tmp_path / "two.pt"), *TINY_RUN, *common)
     assert r.returncode == 0, r.stderr[-2000:]
     double = load_checkpoint(str(tmp_path / "two.pt"))
     assert double["step"] == 10
@@ -107,12 +104,12 @@ def test_training_errors_are_one_line(tiny_data, flags, message):
 
 def test_a_fresh_run_sets_an_existing_checkpoint_aside(tiny_data, tmp_path):
     train(tiny_data, tmp_path / "t.pt", "--max_iters", "3")
-    r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "t.pt"), *TINY,
+    r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "t.pt"), *TINY_RUN,
                    "--max_iters", "1")
     assert r.returncode == 0 and f"moved the existing {tmp_path / 't.pt'} to {tmp_path / 't.pt'}.old" in r.stdout
     assert load_checkpoint(str(tmp_path / "t.pt.old"))["step"] == 3  # the earlier run survives
     assert load_checkpoint(str(tmp_path / "t.pt"))["step"] == 1
-    r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "t.pt"), *TINY,
+    r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "t.pt"), *TINY_RUN,
                    "--max_iters", "2")
     assert r.returncode == 0 and f"to {tmp_path / 't.pt'}.old1" in r.stdout  # .old is taken: never overwritten
     assert [load_checkpoint(str(tmp_path / f))["step"] for f in ("t.pt.old", "t.pt.old1", "t.pt")] == [3, 1, 2]
@@ -120,7 +117,7 @@ def test_a_fresh_run_sets_an_existing_checkpoint_aside(tiny_data, tmp_path):
 
 def test_resuming_a_draft_as_a_teacher_is_refused(tiny_data, tmp_path):
     train(tiny_data, tmp_path / "d.pt", "--max_iters", "2", "--kind", "draft")
-    r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "d.pt"), "--resume", *TINY)
+    r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "d.pt"), "--resume", *TINY_RUN)
     assert r.returncode != 0 and "is a draft checkpoint, but a teacher" in r.stderr
 
 
@@ -150,5 +147,5 @@ def test_bench_writes_the_promised_rows(tiny_data, tmp_path):
 
 def test_a_data_dir_without_token_files_is_named(tiny_data, tmp_path):
     (tmp_path / "tokenizer.json").write_bytes((tiny_data / "tokenizer.json").read_bytes())
-    r = run_script("train_ntp.py", "--data_dir", str(tmp_path), *TINY)
+    r = run_script("train_ntp.py", "--data_dir", str(tmp_path), *TINY_RUN)
     assert r.returncode != 0 and f"no train data at {tmp_path}/train.bin" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,294 @@
+"""
+The plumbing both training scripts share, written once so that train_ntp.py and distill_mtp.py
+each read top to bottom as the story of one run (their loops stay in plain sight there):
+
+- flags: presets as argparse defaults, so --help shows the values a run will use;
+- the data stream: token files, and batches of windows that start at a document's start;
+- processes and precision: torchrun's data parallel, torch.compile, bf16 autocast;
+- one optimizer step: the micro-batch loop, gradient clipping, the lr schedule;
+- never losing work: Ctrl-C/SIGTERM finish the step and save, checkpoints set aside instead of
+  overwritten, and --resume continues a run exactly where it stopped.
+"""
+import argparse
+import contextlib
+import math
+import os
+import shlex
+import signal
+import sys
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from model import UserError, check_flags, load_checkpoint, pick_device, save_checkpoint
+
+# --------------------------------------------------------------------------------------
+# Flags.
+
+
+def add_training_flags(parser, weight_decay, eval_iters):
+    """The flags of the optimization and of the run's machinery, the same in both training
+    scripts. Those without a default here take their preset's value (parse_with_presets)."""
+    g = parser.add_argument_group("optimization")
+    g.add_argument("--batch_size", type=int, help="sequences per micro-batch")
+    g.add_argument("--grad_accum", type=int, help="micro-batches per optimizer step (split over processes)")
+    g.add_argument("--max_iters", type=int, help="optimizer steps")
+    g.add_argument("--lr", type=float, help="peak learning rate (AdamW)")
+    g.add_argument("--min_lr", type=float, help="learning rate at the end of the cosine")
+    g.add_argument("--warmup_iters", type=int, help="steps of linear warm-up")
+    g.add_argument("--lr_decay_iters", type=int, default=0, help="step where the cosine ends (0: at --max_iters)")
+    g.add_argument("--weight_decay", type=float, default=weight_decay, help="AdamW weight decay of the matrices")
+    g.add_argument("--grad_clip", type=float, default=1.0, help="clip the gradient norm to this (0: no clipping)")
+    g = parser.add_argument_group("evaluation and machinery")
+    g.add_argument("--eval_interval", type=int, default=250, help="steps between validations (each saves)")
+    g.add_argument("--eval_iters", type=int, default=eval_iters, help="val batches per validation")
+    g.add_argument("--seed", type=int, default=1337, help="seeds every random choice of the run")
+    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
+    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast (None: on CUDA only; CPUs with bf16 units gain too)")
+    g.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")
+
+
+def parse_with_presets(parser, presets, default_preset, argv=None):
+    """Parse `argv` with the chosen preset's values as the flags' defaults: a flag given on the
+    command line wins, and `--preset X --help` shows what X will run with. The training flags
+    are checked before any work starts."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset", default=default_preset)
+    parser.set_defaults(**presets.get(first.parse_known_args(argv)[0].preset, {}))  # unknown: parse_args says so
+    args = parser.parse_args(argv)
+    check_flags(args, positive=("batch_size", "grad_accum", "max_iters", "lr", "eval_interval", "eval_iters"),
+                non_negative=("min_lr", "warmup_iters", "lr_decay_iters", "weight_decay", "grad_clip", "seed"))
+    if args.min_lr > args.lr:
+        raise UserError(f"--min_lr ({args.min_lr}) must not exceed --lr ({args.lr}): the cosine decays from lr to min_lr")
+    args.lr_decay_iters = args.lr_decay_iters or args.max_iters  # 0: the cosine ends at max_iters
+    return args
+
+
+def settings_line(args):
+    """Every setting of a run, resolved (preset, then flags), for the log."""
+    return "settings: " + " ".join(f"{k}={v}" for k, v in vars(args).items())
+
+
+# --------------------------------------------------------------------------------------
+# The data stream.
+
+def load_tokens(data_dir, split, eot_id, block_size):
+    """The token stream of a split and the offsets where its documents start (only those with
+    a full window of block_size + 1 tokens after them)."""
+    path = os.path.join(data_dir, f"{split}.bin")
+    if not os.path.exists(path):
+        raise UserError(f"no {split} data at {path}: run `python data/prepare.py` first")
+    data = np.memmap(path, dtype=np.uint16, mode="r")
+    if len(data) <= block_size + 1:
+        raise UserError(f"{path} has {len(data)} tokens, fewer than one window of {block_size + 1}")
+    starts = np.concatenate([[0], np.flatnonzero(data == eot_id) + 1])
+    return data, starts[starts < len(data) - block_size - 1]
+
+
+def get_batch(data, starts, n, block_size, generator, no_loss=None):
+    """n windows of block_size + 1 tokens, each starting at a document's first token (a window
+    that starts mid-problem would train on an answer whose question it cannot see).
+    Returns inputs x and next-token targets y, (n, block_size) each; y is -1 (no loss) where
+    `no_loss` is True at the target token."""
+    ix = starts[torch.randint(len(starts), (n,), generator=generator).numpy()]
+    x = torch.stack([torch.from_numpy(data[i:i + block_size].astype(np.int64)) for i in ix])
+    y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block_size].astype(np.int64)) for i in ix])
+    if no_loss is not None:
+        y[torch.from_numpy(np.stack([no_loss[i + 1:i + 1 + block_size] for i in ix]))] = -1
+    return x, y
+
+
+# --------------------------------------------------------------------------------------
+# Processes and precision.
+
+class Processes(NamedTuple):
+    """Where this process runs: under torchrun one of `world` processes, else the only one."""
+    ddp: bool
+    rank: int
+    world: int
+    local_rank: int
+    device: str
+
+    @property
+    def master(self):  # rank 0 evaluates, logs and writes the checkpoint
+        return self.rank == 0
+
+    @property
+    def device_type(self):
+        return self.device.split(":")[0]
+
+
+def setup_processes(device_arg, grad_accum):
+    """Under torchrun: one process per device, nccl on GPUs and gloo on CPUs; otherwise one
+    process on the chosen device."""
+    if "RANK" not in os.environ:
+        return Processes(False, 0, 1, 0, pick_device(device_arg))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ["LOCAL_RANK"])
+    use_cuda = device_arg in ("auto", "cuda") and torch.cuda.is_available()
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    device = f"cuda:{local_rank}" if use_cuda else "cpu"
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if grad_accum % world:
+        raise UserError(f"--grad_accum {grad_accum} must be a multiple of the {world} processes")
+    return Processes(True, rank, world, local_rank, device)
+
+
+def wrap_model(model, args, procs):
+    """The model the training step calls: compiled if asked, inside DDP under torchrun. Keep the
+    unwrapped one for evaluation and checkpoints (its parameters are the same tensors)."""
+    if args.compile:
+        model = torch.compile(model)
+    if procs.ddp:
+        model = DDP(model, device_ids=[procs.local_rank] if procs.device_type == "cuda" else None)
+    return model
+
+
+def autocast_context(device_type, bf16):
+    """bf16 autocast when asked for (None: on CUDA only), else a context that does nothing."""
+    if device_type == "cuda" if bf16 is None else bf16:
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------------------
+# One optimizer step.
+
+def get_lr(step, args):
+    """Linear warm-up, then cosine decay to min_lr (nanoGPT)."""
+    if step < args.warmup_iters:
+        return args.lr * (step + 1) / args.warmup_iters
+    progress = min(1.0, (step - args.warmup_iters) / max(1, args.lr_decay_iters - args.warmup_iters))
+    return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
+
+
+def train_step(model, optimizer, lr, x, y, loss_fn, autocast, args, procs):
+    """One optimizer step on the global batch x, y of (batch_size * grad_accum) rows: this
+    process's share of its micro-batches, gradients summed over them (and all-reduced over the
+    processes by DDP), clipped, applied at learning rate `lr`.
+    loss_fn(model, xb, yb) -> (loss, {name: float}) for one micro-batch of batch_size rows.
+    Returns the step's mean loss over the global batch and this process's mean of the floats."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    mine = range(procs.rank, args.grad_accum, procs.world)  # the micro-batches of this process
+    loss_sum, extras = 0.0, {}
+    for i, micro in enumerate(mine):
+        xb = x[micro * args.batch_size:(micro + 1) * args.batch_size].to(procs.device)
+        yb = y[micro * args.batch_size:(micro + 1) * args.batch_size].to(procs.device)
+        if procs.ddp:  # all-reduce the gradients only once, after the last micro-batch
+            model.require_backward_grad_sync = i == len(mine) - 1
+        with autocast:
+            loss, floats = loss_fn(model, xb, yb)
+        (loss / len(mine)).backward()
+        loss_sum += loss.item() / len(mine)
+        for name, value in floats.items():
+            extras[name] = extras.get(name, 0.0) + value / len(mine)
+    if args.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if procs.ddp:  # log the loss of the whole global batch, as one process would
+        loss_sum = all_ranks_mean(loss_sum, procs.device)
+    return loss_sum, extras
+
+
+def all_ranks_mean(value, device):
+    """The mean of a float over every process of the run."""
+    t = torch.tensor(value, device=device)
+    dist.all_reduce(t)  # sum over ranks (gloo has no average)
+    return t.item() / dist.get_world_size()
+
+
+# --------------------------------------------------------------------------------------
+# Never losing work.
+
+def stop_on_signals():
+    """A list that gets an entry on Ctrl-C (SIGINT) or SIGTERM: the loop finishes the step in
+    flight, saves, and exits, instead of dying mid-write."""
+    stop = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.append(True))
+    return stop
+
+
+def set_aside_existing(path):
+    """A fresh run first moves a checkpoint already at `path` to `path`.old (or .old1, .old2, ...
+    if that is taken): starting over by mistake, instead of --resume, must not destroy a run.
+    Returns where it went, or None if there was nothing at `path`."""
+    if not os.path.exists(path):
+        return None
+    target, n = path + ".old", 1
+    while os.path.exists(target):
+        target, n = f"{path}.old{n}", n + 1
+    os.replace(path, target)
+    return target
+
+
+def open_run(args, kind, procs, log):
+    """The checkpoint to continue from with --resume (checked to be this run), else None, after
+    moving a checkpoint already at --out aside. Either way, the leftover of a killed write goes."""
+    if procs.master and os.path.exists(args.out + ".tmp"):
+        os.remove(args.out + ".tmp")
+        log(f"removed {args.out}.tmp: a checkpoint write that was killed before it finished")
+    if args.resume:
+        ckpt = load_checkpoint(args.out, kinds=(kind,), device=procs.device)
+        check_same_run(ckpt["args"], args, args.out)
+        log(f"resuming {args.out} at step {ckpt['step']}")
+        return ckpt
+    moved_to = set_aside_existing(args.out) if procs.master else None
+    if moved_to:
+        log(f"moved the existing {args.out} to {moved_to} (to continue a run, use --resume)")
+    return None
+
+
+# Flags a resumed run may change; any other flag must be as the run began, or --resume would
+# quietly continue a different run (another lr, another model, another variant).
+MAY_CHANGE_ON_RESUME = {"resume", "preset", "out", "device", "compile", "max_iters", "lr_decay_iters",
+                        "eval_interval", "eval_iters"}
+
+
+def check_same_run(saved, args, path):
+    changed = [k for k, v in vars(args).items() if k not in MAY_CHANGE_ON_RESUME and k in saved and saved[k] != v]
+    if changed:
+        raise UserError(f"{path} was trained with " + ", ".join(f"--{k} {saved[k]}" for k in changed)
+                        + ", not " + ", ".join(f"--{k} {getattr(args, k)}" for k in changed)
+                        + ": resume with the run's own flags (shown in the log), or start a new run")
+
+
+def save_run(path, raw_model, kind, tokenizer, step, optimizer, generators, loss_log, args, **extra):
+    """A checkpoint that can both be decoded with and resumed from: the model, and everything
+    that makes the continued run the same as one that never stopped (optimizer moments, the
+    random streams, the loss so far, the flags)."""
+    save_checkpoint(path, raw_model, kind, tokenizer, step=step, optimizer=optimizer.state_dict(),
+                    **{name: g.get_state() for name, g in generators.items()}, torch_rng=torch.get_rng_state(),
+                    loss_log=loss_log, args=dict(vars(args)), **extra)
+
+
+def restore_run(ckpt, optimizer, generators):
+    """Put a checkpoint's optimizer and random streams back; returns (step, loss_log)."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    for name, g in generators.items():
+        g.set_state(ckpt[name])
+    torch.set_rng_state(ckpt["torch_rng"])  # dropout's randomness, when dropout > 0
+    return ckpt["step"], ckpt["loss_log"]
+
+
+def resume_command(args):
+    """The command line that continues this run."""
+    return shlex.join(["python", *sys.argv] + ([] if args.resume else ["--resume"]))
+
+
+def finish(stopped, args, procs, log):
+    """End the run: after a stop, say how to continue and exit with 130 (as a Ctrl-C would)."""
+    if stopped:
+        log(f"continue with: {resume_command(args)}")
+    if procs.ddp:
+        dist.destroy_process_group()
+    if stopped:
+        sys.exit(130)
