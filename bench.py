@@ -37,7 +37,7 @@ from data.problems import final_answer, format_prompt
 from data.tokenizer import EOT
 from decode import (check_same_tokenizer, generate_mtp, generate_mtp_speculative, generate_ntp,
                     generate_self_speculative, generate_speculative, load_for_decoding, student_k)
-from model import UserError, pick_device
+from model import HelpFormatter, UserError, check_flags, pick_device
 
 
 def load_problems(path, n):
@@ -52,8 +52,9 @@ def load_problems(path, n):
 
 def run_bench(strategies, problems, enc):
     """Run every strategy on each problem in turn. A strategy is a dict with `model`, `strategy`,
-    `n` (how many of the problems it runs on), `decode` (prompt ids -> Generation) and optionally
-    `reference` (the `model/strategy` whose output it promises to reproduce token for token).
+    `family` (the curve it belongs to: "ntp", "static k", "ConfAdapt", ...), `n` (how many of the
+    problems it runs on), `decode` (prompt ids -> Generation) and optionally `reference` (the
+    `model/strategy` whose output it promises to reproduce token for token) and `tau` (ConfAdapt).
     The first strategy is the baseline of the speed-ups."""
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
     for s in strategies:  # warm-up: the first call pays for allocations, not decoding
@@ -101,12 +102,16 @@ def run_bench(strategies, problems, enc):
             bar.set_postfix(accuracy=f"{100 * s['correct'] / len(s['outputs']):.1f}%", refresh=False)
     for bar in bars:
         bar.close()
+    return summarize(strategies)
 
+
+def summarize(strategies):
+    """One row of results per strategy (what bench.json holds), from run_bench's tallies."""
     outputs = {f"{s['model']}/{s['strategy']}": s["outputs"] for s in strategies}
     rows = []
     for s in strategies:
         done = len(s["outputs"])
-        row = {"model": s["model"], "strategy": s["strategy"], "family": s.get("family", s["strategy"]),
+        row = {"model": s["model"], "strategy": s["strategy"], "family": s["family"],
                "n": done, "accuracy": round(100 * s["correct"] / done, 1),
                "accuracy_95": wilson_interval(s["correct"], done),
                "well_formed": round(100 * s["well_formed"] / done, 1),
@@ -151,11 +156,17 @@ def accuracy_at(rows, tokens_per_forward):
     return None
 
 
+def student_curves(rows, model):
+    """A student's two curves of accuracy against tokens per forward pass: its ConfAdapt rows
+    (tau moving) and its static-k rows (k moving)."""
+    return {family: [r for r in rows if r["model"] == model and r["family"] == family]
+            for family in ("ConfAdapt", "static k")}
+
+
 def matched_table(rows, model="student", matched=(1.5, 2.0, 2.5, 3.0, 3.5)):
     """The student's ConfAdapt and static-k curves read at the same tokens per forward pass: the
     paper's Pareto comparison, without comparing a tau to a k."""
-    curves = {family: [r for r in rows if r["model"] == model and r["family"] == family]
-              for family in ("ConfAdapt", "static k")}
+    curves = student_curves(rows, model)
     if not all(curves.values()):
         return ""
     lines = [f"Accuracy % of the {model}'s curves at matched tokens per forward pass (linear between rows; "
@@ -320,12 +331,11 @@ def comparison_table(rows, students, matched=(1.5, 2.0, 2.5, 3.0)):
     for name, ckpt in students.items():
         mine = {r["strategy"]: r for r in rows if r["model"] == name}
         k1, tau = mine.get("static k=1"), mine.get("ConfAdapt tau=0.9")
-        curves = [[r for r in mine.values() if r["family"] == family] for family in ("ConfAdapt", "static k")]
+        curves = student_curves(rows, name).values()
         line = [name, cell(k1), cell(tau), str(tau["tokens_per_forward"]) if tau else ""]
         for m in matched:
             line.append(" / ".join("-" if a is None else str(a) for a in (accuracy_at(c, m) for c in curves)))
-        log = ckpt.get("agreement_log") or [{"agreement": []}]
-        line.append(" ".join(f"{a:.2f}" for a in log[-1]["agreement"]))
+        line.append(" ".join(f"{a:.2f}" for a in ckpt["agreement_log"][-1]["agreement"]))
         lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines)
 
@@ -400,9 +410,10 @@ def parse_taus(text):
     return taus
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--teacher", default="out/teacher.pt")
+def parse_args():
+    """The flags, every number among them checked before anything is loaded."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--teacher", default="out/teacher.pt", help="the NTP model: the baseline and the verifier")
     p.add_argument("--draft", default="out/draft.pt", help="measured too if the file exists")
     p.add_argument("--student", default="out/student.pt", help="measured too if the file exists")
     p.add_argument("--compare", nargs="+", metavar="STUDENT",
@@ -415,129 +426,127 @@ def main():
     p.add_argument("--gammas", default="2,4", help="speculative: draft tokens per step")
     p.add_argument("--self_k", default="4", help="self-speculative: positions read per pass")
     p.add_argument("--mtp_k", default="4", help="MTP-drafted speculative: tokens the student drafts per pass")
-    p.add_argument("--test", default=None, help="test.jsonl (default: next to the teacher's tokenizer)")
+    p.add_argument("--test", default=None, help="test.jsonl (None: next to the teacher's tokenizer)")
     p.add_argument("--n", type=int, default=400, help="test problems (400: the default run fits in 10 CPU minutes)")
     p.add_argument("--n_uncached", type=int, default=50, help="problems for the slow no-cache row")
     p.add_argument("--max_new_tokens", type=int, default=256, help="at most (the context ends generation too)")
     p.add_argument("--n_chunks", type=int, default=3, help="held-out answers drawn in chunks.png")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out_dir", default="out")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--out_dir", default="out", help="where the results go")
     args = p.parse_args()
-    if args.n < 1 or args.n_uncached < 0 or args.n_chunks < 0:
-        raise UserError("--n must be >= 1, --n_uncached and --n_chunks >= 0")
-    chosen = args.strategies.split(",")
-    unknown = sorted(set(chosen) - set(STRATEGIES))
+    check_flags(args, positive=("n", "max_new_tokens"), non_negative=("n_uncached", "n_chunks"))
+    args.strategies = args.strategies.split(",")
+    unknown = sorted(set(args.strategies) - set(STRATEGIES))
     if unknown:
         raise UserError(f"unknown strategies {', '.join(unknown)}: choose from {', '.join(STRATEGIES)}")
-    static_k, taus = parse_ints(args.static_k, "--static_k"), parse_taus(args.taus)
+    args.static_k, args.taus = parse_ints(args.static_k, "--static_k"), parse_taus(args.taus)
+    args.gammas, args.self_k = parse_ints(args.gammas, "--gammas"), parse_ints(args.self_k, "--self_k")
+    args.mtp_k = parse_ints(args.mtp_k, "--mtp_k")
+    return args
 
-    device = pick_device(args.device)
-    torch.manual_seed(0)
-    teacher, enc, ckpt = load_for_decoding(args.teacher, device, kinds=("teacher",))
-    test_path = args.test or os.path.join(os.path.dirname(ckpt["tokenizer"]), "test.jsonl")
-    problems = load_problems(test_path, args.n)
-    n = len(problems)
-    common = dict(max_new_tokens=args.max_new_tokens, eos_id=enc.encode(EOT, allowed_special={EOT})[0],
-                  n_vocab=enc.n_vocab)
+
+def build_strategies(args, teacher, ckpt, n, common, device):
+    """The strategies to run (run_bench's dicts), the teacher's cached NTP greedy first: the
+    baseline of every speed-up. Returns (strategies, {variant name: checkpoint} for --compare)."""
+    chosen = set(args.strategies)
     TEACHER = "teacher/ntp greedy"  # the reference of the lossless strategies that verify with the teacher
 
-    def row(model, strategy, family, decode, reference=None, n=n):
-        return dict(model=model, strategy=strategy, family=family, n=n, decode=decode, reference=reference)
+    def row(model, strategy, family, decode, reference=None, n=n, tau=None):
+        return dict(model=model, strategy=strategy, family=family, n=n, decode=decode, reference=reference, tau=tau)
 
     def mtp_rows(model, student, sckpt, static_k, taus):
         """A student's static-k and ConfAdapt rows."""
-        mtp = dict(mask_id=sckpt["mask_id"], bidirectional=sckpt.get("bidirectional", False), **common)
+        mtp = dict(mask_id=sckpt["mask_id"], bidirectional=sckpt["bidirectional"], **common)
         return ([row(model, f"static k={k}", "static k", lambda ids, k=k: generate_mtp(
                     student, ids, k=k, **mtp)) for k in static_k]
                 + [row(model, f"ConfAdapt tau={tau}", "ConfAdapt", lambda ids, tau=tau: generate_mtp(
-                    student, ids, k=sckpt["k_max"], tau=tau, **mtp)) for tau in taus])
+                    student, ids, k=sckpt["k_max"], tau=tau, **mtp), tau=tau) for tau in taus])
 
     def load_student(path):
         student, _, sckpt = load_for_decoding(path, device, kinds=("student",))
         check_same_tokenizer(ckpt, sckpt, args.teacher, path)
-        for k in static_k:
+        for k in args.static_k:
             student_k(k, sckpt, path, "--static_k")  # no more positions than it was trained for
-        planned = sckpt.get("args", {}).get("max_iters", 0)
-        if sckpt.get("step", 0) < planned:
-            print(f"note: {path} stopped at step {sckpt['step']} of {planned}: finish it with --resume "
-                  f"and the flags it was started with", file=sys.stderr)
+        if sckpt["step"] < sckpt["args"]["max_iters"]:
+            print(f"note: {path} stopped at step {sckpt['step']} of {sckpt['args']['max_iters']}: finish it with "
+                  f"--resume and the flags it was started with", file=sys.stderr)
         return student, sckpt
 
     strategies = [row("teacher", "ntp greedy", "ntp", lambda ids: generate_ntp(teacher, ids, **common))]
-    students = {}  # --compare: variant name -> checkpoint (for its agreement log)
-    for path in args.compare or []:
-        name = variant_name(path)
-        if name in students:
-            raise UserError(f"two students are named {name!r}: --compare needs distinct file names")
-        student, students[name] = load_student(path)
-        strategies += mtp_rows(name, student, students[name], static_k, taus)
+    students = {}
+    if args.compare:
+        for path in args.compare:
+            name = variant_name(path)
+            if name in students:
+                raise UserError(f"two students are named {name!r}: --compare needs distinct file names")
+            student, students[name] = load_student(path)
+            strategies += mtp_rows(name, student, students[name], args.static_k, args.taus)
+        return strategies, students
 
-    if not args.compare:
-        if "no_cache" in chosen and args.n_uncached:
-            strategies.append(row("teacher", "ntp greedy, no cache", "ntp", reference=TEACHER,
-                                  n=min(n, args.n_uncached),
-                                  decode=lambda ids: generate_ntp(teacher, ids, use_cache=False, **common)))
-        draft = student = None
-        if os.path.exists(args.draft) and {"draft", "speculative"} & set(chosen):
-            draft, _, dckpt = load_for_decoding(args.draft, device, kinds=("draft",))
-            check_same_tokenizer(ckpt, dckpt, args.teacher, args.draft)
-        if os.path.exists(args.student) and {"static", "confadapt", "self_speculative", "mtp_speculative"} & set(chosen):
-            student, sckpt = load_student(args.student)
-            mask_id = sckpt["mask_id"]
-        if draft is not None and "draft" in chosen:
-            strategies.append(row("draft", "ntp greedy", "ntp", lambda ids: generate_ntp(draft, ids, **common)))
-        if student is not None:
-            static_k = static_k if "static" in chosen else []
-            strategies += mtp_rows("student", student, sckpt, static_k, taus if "confadapt" in chosen else [])
-            if "self_speculative" in chosen:
-                if 1 not in static_k:  # its reference: the student's own k=1 greedy output
-                    strategies += mtp_rows("student", student, sckpt, [1], [])
-                for k in parse_ints(args.self_k, "--self_k"):
-                    strategies.append(row("student", f"self-speculative k={k}", "self-speculative",
-                                          lambda ids, k=k: generate_self_speculative(student, ids, mask_id=mask_id,
-                                                                                     k=k, **common),
-                                          reference="student/static k=1"))
-        if draft is not None and "speculative" in chosen:
-            for gamma in parse_ints(args.gammas, "--gammas"):
-                strategies.append(row("teacher + draft", f"speculative gamma={gamma}", "speculative",
-                                      lambda ids, g=gamma: generate_speculative(teacher, draft, ids, gamma=g, **common),
-                                      reference=TEACHER))
-        if student is not None and "mtp_speculative" in chosen:
-            for k in parse_ints(args.mtp_k, "--mtp_k"):
-                strategies.append(row("teacher + student", f"MTP-drafted speculative k={k}",
-                                      "MTP-drafted speculative",
-                                      lambda ids, k=k: generate_mtp_speculative(teacher, student, ids, mask_id=mask_id,
-                                                                                k=k, **common),
-                                      reference=TEACHER))
-    print(f"benchmarking {len(strategies)} strategies on {n} problems from {test_path} on {device}, "
-          f"interleaved problem by problem")
+    if "no_cache" in chosen and args.n_uncached:
+        strategies.append(row("teacher", "ntp greedy, no cache", "ntp", reference=TEACHER, n=min(n, args.n_uncached),
+                              decode=lambda ids: generate_ntp(teacher, ids, use_cache=False, **common)))
+    draft = student = None
+    if os.path.exists(args.draft) and {"draft", "speculative"} & chosen:
+        draft, _, dckpt = load_for_decoding(args.draft, device, kinds=("draft",))
+        check_same_tokenizer(ckpt, dckpt, args.teacher, args.draft)
+    if os.path.exists(args.student) and {"static", "confadapt", "self_speculative", "mtp_speculative"} & chosen:
+        student, sckpt = load_student(args.student)
+        mask_id = sckpt["mask_id"]
+    if draft is not None and "draft" in chosen:
+        strategies.append(row("draft", "ntp greedy", "ntp", lambda ids: generate_ntp(draft, ids, **common)))
+    if student is not None:
+        static_k = args.static_k if "static" in chosen else []
+        strategies += mtp_rows("student", student, sckpt, static_k, args.taus if "confadapt" in chosen else [])
+        if "self_speculative" in chosen:
+            if 1 not in static_k:  # its reference: the student's own k=1 greedy output
+                strategies += mtp_rows("student", student, sckpt, [1], [])
+            for k in args.self_k:
+                strategies.append(row("student", f"self-speculative k={k}", "self-speculative",
+                                      lambda ids, k=k: generate_self_speculative(student, ids, mask_id=mask_id, k=k,
+                                                                                 **common),
+                                      reference="student/static k=1"))
+    if draft is not None and "speculative" in chosen:
+        for gamma in args.gammas:
+            strategies.append(row("teacher + draft", f"speculative gamma={gamma}", "speculative",
+                                  lambda ids, g=gamma: generate_speculative(teacher, draft, ids, gamma=g, **common),
+                                  reference=TEACHER))
+    if student is not None and "mtp_speculative" in chosen:
+        for k in args.mtp_k:
+            strategies.append(row("teacher + student", f"MTP-drafted speculative k={k}", "MTP-drafted speculative",
+                                  lambda ids, k=k: generate_mtp_speculative(teacher, student, ids, mask_id=mask_id,
+                                                                            k=k, **common),
+                                  reference=TEACHER))
+    return strategies, students
 
-    t0 = time.time()
-    rows = run_bench(strategies, problems, enc)
-    minutes = (time.time() - t0) / 60
+
+def write_outputs(args, rows, strategies, students, problems, enc, eos_id, device, minutes):
+    """bench.{json,md}, pareto.png and chunks.png, or with --compare ablations.{json,md,png} and
+    agreement.png; then the table on screen and the rows as one JSON line."""
     os.makedirs(args.out_dir, exist_ok=True)
     stem = "ablations" if args.compare else "bench"
-    table = markdown_table(rows) + "\n\n" + (matched_table(rows) + "\n\n" if not args.compare else "") + step_table(rows[0])
     if args.compare:
-        table = comparison_table(rows, students) + "\n\nEvery row:\n\n" + table
+        table = (comparison_table(rows, students) + "\n\nEvery row:\n\n" + markdown_table(rows) + "\n\n"
+                 + step_table(rows[0]))
+    else:
+        table = markdown_table(rows) + "\n\n" + matched_table(rows) + "\n\n" + step_table(rows[0])
     command = "python bench.py " + " ".join(sys.argv[1:])
     with open(os.path.join(args.out_dir, f"{stem}.json"), "w") as f:
         json.dump(rows, f, indent=1)
     with open(os.path.join(args.out_dir, f"{stem}.md"), "w") as f:
         f.write(f"Measured on {device} with `{command.strip()}` ({minutes:.1f} min).\n\n{table}\n")
-    title = f"{n} held-out problems, {device}, batch 1"
+    title = f"{len(problems)} held-out problems, {device}, batch 1"
     written = [f"{stem}.json", f"{stem}.md", "ablations.png" if args.compare else "pareto.png"]
     if args.compare:
         ablation_plot(rows, os.path.join(args.out_dir, "ablations.png"), title)
-        if all(c.get("agreement_log") for c in students.values()):
-            agreement_plot(students, os.path.join(args.out_dir, "agreement.png"))
-            written.append("agreement.png")
+        agreement_plot(students, os.path.join(args.out_dir, "agreement.png"))
+        written.append("agreement.png")
     else:
         pareto_plot(rows, os.path.join(args.out_dir, "pareto.png"), title)
         confadapt = [s for s in strategies if s["family"] == "ConfAdapt"]
         if confadapt:  # the tau closest to the paper's 0.9
-            s = min(confadapt, key=lambda s: abs(float(s["strategy"].split("=")[1]) - 0.9))
-            examples = [(p["question"], chunk_texts(enc, tokens, sizes, common["eos_id"]), len(tokens))
+            s = min(confadapt, key=lambda s: abs(s["tau"] - 0.9))
+            examples = [(p["question"], chunk_texts(enc, tokens, sizes, eos_id), len(tokens))
                         for p, tokens, sizes in list(zip(problems, s["outputs"], s["chunks"]))[:args.n_chunks]]
             chunks_plot(examples, os.path.join(args.out_dir, "chunks.png"),
                         f"How the student wrote held-out answers: {s['strategy']}, one box per forward pass")
@@ -545,6 +554,23 @@ def main():
     print("\n" + table + "\n")
     print(f"{minutes:.1f} min; wrote " + ", ".join(os.path.join(args.out_dir, w) for w in written))
     print(json.dumps(rows))
+
+
+def main():
+    args = parse_args()
+    device = pick_device(args.device)
+    torch.manual_seed(0)
+    teacher, enc, ckpt = load_for_decoding(args.teacher, device, kinds=("teacher",))
+    test_path = args.test or os.path.join(os.path.dirname(ckpt["tokenizer"]), "test.jsonl")
+    problems = load_problems(test_path, args.n)
+    eos_id = enc.encode(EOT, allowed_special={EOT})[0]
+    common = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab)
+    strategies, students = build_strategies(args, teacher, ckpt, len(problems), common, device)
+    print(f"benchmarking {len(strategies)} strategies on {len(problems)} problems from {test_path} on {device}, "
+          f"interleaved problem by problem")
+    t0 = time.time()
+    rows = run_bench(strategies, problems, enc)
+    write_outputs(args, rows, strategies, students, problems, enc, eos_id, device, (time.time() - t0) / 60)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ import torch
 
 from data.problems import format_prompt
 from data.tokenizer import EOT
-from model import KVCache, UserError, load_checkpoint, model_from_checkpoint, pick_device, tokenizer_from_checkpoint
+from model import (HelpFormatter, KVCache, UserError, causal_mask, check_flags, load_checkpoint, model_from_checkpoint,
+                   pick_device, tokenizer_from_checkpoint)
 
 
 @dataclass
@@ -82,20 +83,20 @@ def check_prompt(prompt_ids, model):
                         f"{model.config.block_size}: shorten the prompt")
 
 
-def forward_new(model, cache, seq, extra=(), extra_see_each_other=False):
+def forward_new(model, cache, seq, extra=(), extra_bidirectional=False):
     """The one piece of KV-cache logic every strategy shares. The cache always holds the
     keys/values of a prefix of `seq` (the accepted tokens); feed the rest of `seq`, then
     `extra` (drafts or <MTP> masks). Returns the logits of the last len(extra) + 1 positions,
     (len(extra) + 1, vocab_size): row j predicts the token after seq + extra[:j].
     Rolling back rejected drafts or stale masks is then just `cache.truncate(...)`.
-    The attention is causal, unless `extra_see_each_other` (masks of a student distilled with
-    --bidirectional, which must read its block as it was trained to)."""
+    The attention is causal, unless `extra_bidirectional`: then the extra tokens also see each
+    other both ways (the masks of a student distilled with --bidirectional, which must read its
+    block as it was trained to)."""
     idx = torch.tensor([seq[cache.length:] + list(extra)], device=cache.k.device)
     attn_mask = None
-    if extra_see_each_other and len(extra) > 1:
-        start, T, n = cache.length, idx.size(1), len(extra)
-        attn_mask = torch.ones(T, start + T, dtype=torch.bool, device=idx.device).tril(diagonal=start)
-        attn_mask[-n:, -n:] = True  # (T, start + T): causal with an offset, the extra block fully visible
+    if extra_bidirectional and len(extra) > 1:
+        attn_mask = causal_mask(idx.size(1), cache.length, idx.device)  # (T, start + T)
+        attn_mask[-len(extra):, -len(extra):] = True  # the extra block sees itself whole
     logits, _ = model(idx, cache=cache, attn_mask=attn_mask)
     return logits[0, -(len(extra) + 1):]
 
@@ -159,7 +160,7 @@ def check_k(k, model, name="k"):
 
 @torch.no_grad()
 def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, tau=None, bidirectional=False):
-    """Multi-token prediction with the student's <MTP> mask (METHOD.md section 5).
+    """Multi-token prediction with the student's <MTP> mask (paper Sec. 3.4 and 4.5-4.6).
 
     Every forward pass feeds the newly accepted tokens plus k-1 masks and reads k greedy
     predictions from the last k positions (the last real token predicts token 1, mask j
@@ -177,7 +178,7 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
     while len(seq) < model.config.block_size:
         n_masks = min(k, model.config.block_size - len(seq)) - 1  # emitted tokens stay inside the context
         logits = forward_new(model, cache, seq, [mask_id] * n_masks,
-                             extra_see_each_other=bidirectional)  # (n_masks + 1, vocab_size)
+                             extra_bidirectional=bidirectional)  # (n_masks + 1, vocab_size)
         out.n_forward += 1
         cache.truncate(len(seq))  # forget the masks' keys/values
         confidence, tokens = torch.softmax(logits[:, :n_vocab].float(), dim=-1).max(dim=-1)  # (n_masks + 1,)
@@ -229,11 +230,11 @@ def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vo
 
 @torch.no_grad()
 def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k):
-    """Self-speculative MTP (blockwise parallel decoding, Stern et al. 2018; the paper's future
-    work iii). One pass of the student feeds: the new real tokens, the drafts its masks made
-    last pass, and k-1 fresh masks. Its next-token predictions at the real and draft positions
-    verify the drafts (greedy acceptance); if all stand, the masks, which sit after the last
-    draft, are the next drafts. Lossless: the output is the student's own k=1 greedy output."""
+    """Self-speculative MTP (blockwise parallel decoding, Stern et al. 2018; one of the paper's
+    directions for future research, Sec. 6). One pass of the student feeds: the new real tokens,
+    the drafts its masks made last pass, and k-1 fresh masks. Its next-token predictions at the
+    real and draft positions verify the drafts (greedy acceptance); if all stand, the masks,
+    which sit after the last draft, are the next drafts. Lossless: the output is the student's own k=1 greedy output."""
     check_prompt(prompt_ids, model)
     check_k(k, model)
     cache = new_cache(model)
@@ -324,15 +325,17 @@ def show_chunks(enc, out, eos_id):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--ckpt", default="out/teacher.pt", help="checkpoint to decode with")
-    p.add_argument("--prompt", required=True, help="a question (wrapped as 'Question: ...\\nAnswer:')")
+    p.add_argument("--prompt", required=True, default=argparse.SUPPRESS,
+                   help="a question (wrapped as 'Question: ...\\nAnswer:')")
     p.add_argument("--raw", action="store_true", help="feed --prompt as it is, without the question wrapper")
-    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--max_new_tokens", type=int, default=256, help="at most this many tokens (the context ends "
+                   "generation too)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top_k", type=int, default=None, help="sample among the k most likely tokens (None: all)")
     p.add_argument("--no_cache", action="store_true", help="recompute the whole sequence every step")
-    p.add_argument("--k", type=int, default=None, help="student: positions read per pass (default: its k_max)")
+    p.add_argument("--k", type=int, default=None, help="student: positions read per pass (None: its k_max)")
     p.add_argument("--tau", type=float, default=0.9, help="student: ConfAdapt confidence threshold in (0, 1]")
     p.add_argument("--static", action="store_true", help="student: emit all k tokens of every pass")
     p.add_argument("--self-speculative", action="store_true",
@@ -341,15 +344,12 @@ def main():
                    "(a draft model; or a student, which drafts --k tokens in one pass)")
     p.add_argument("--gamma", type=int, default=4, help="speculative: tokens the draft model proposes per step")
     p.add_argument("--show-chunks", action="store_true", help="mark the tokens of each step")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--seed", type=int, default=1337, help="seeds sampling (temperature > 0)")
     args = p.parse_args()
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    check_flags(args, positive=("max_new_tokens",), non_negative=("temperature",))
     if args.top_k is not None and args.top_k < 1:
         raise UserError(f"--top_k must be >= 1, got {args.top_k}")
-    if args.max_new_tokens < 1:
-        raise UserError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
 
     device = pick_device(args.device)
     model, enc, ckpt = load_for_decoding(args.ckpt, device)
@@ -357,7 +357,7 @@ def main():
         raise UserError(f"--draft needs a teacher as --ckpt, but {args.ckpt} is a {ckpt['kind']}")
     if args.self_speculative and ckpt["kind"] != "student":
         raise UserError(f"--self-speculative needs a student as --ckpt, but {args.ckpt} is a {ckpt['kind']}")
-    if args.self_speculative and ckpt.get("bidirectional"):
+    if args.self_speculative and ckpt["bidirectional"]:
         raise UserError(f"{args.ckpt} was distilled with --bidirectional blocks; self-speculative decoding drafts "
                         f"with causal ones: use ConfAdapt or static k with it")
     text = args.prompt if args.raw else format_prompt(args.prompt.strip())
@@ -371,7 +371,7 @@ def main():
         drafter, _, dckpt = load_for_decoding(args.draft, device, kinds=("draft", "student"))
         check_same_tokenizer(ckpt, dckpt, args.ckpt, args.draft)
         if dckpt["kind"] == "student":
-            if dckpt.get("bidirectional"):
+            if dckpt["bidirectional"]:
                 raise UserError(f"{args.draft} was distilled with --bidirectional blocks; MTP-drafted speculative "
                                 f"decoding drafts with causal ones: draft with a causal student")
             k = student_k(args.k, dckpt, args.draft)
@@ -389,7 +389,7 @@ def main():
             how = f"self-speculative, k={k}"
         else:
             out = generate_mtp(model, mask_id=ckpt["mask_id"], k=k, tau=None if args.static else args.tau,
-                               bidirectional=ckpt.get("bidirectional", False), **common)
+                               bidirectional=ckpt["bidirectional"], **common)
             how = f"static k={k}" if args.static else f"ConfAdapt tau={args.tau}, k_max={k}"
     else:
         out = generate_ntp(model, temperature=args.temperature, top_k=args.top_k, use_cache=not args.no_cache,

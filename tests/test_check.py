@@ -151,8 +151,8 @@ def test_bench_scores_form_and_arithmetic_apart(tiny_data):
             text = " " + change(answer_of[tuple(prompt_ids)])
             return Generation(tokens=enc.encode_ordinary(text) + [eos], n_forward=1)
         return decode
-    rows = run_bench([dict(model="m", strategy="reference", n=10, decode=writes(lambda a: a)),
-                      dict(model="m", strategy="wrong final", n=10,
+    rows = run_bench([dict(model="m", strategy="reference", family="ntp", n=10, decode=writes(lambda a: a)),
+                      dict(model="m", strategy="wrong final", family="ntp", n=10,
                            decode=writes(lambda a: a.rsplit("#### ", 1)[0] + "#### 1000"))], tests, enc)
     assert [(r["accuracy"], r["well_formed"], r["steps_right"]) for r in rows] == [(100, 100, 100), (0, 0, 100)]
 

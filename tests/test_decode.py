@@ -4,12 +4,8 @@ import torch
 
 from decode import (accept_drafts, generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative,
                     generate_speculative, token_probs)
+from conftest import MASK, N_VOCAB, SMALL, TINY
 from model import GPT, GPTConfig, UserError, add_mask_token
-
-N_VOCAB, VOCAB = 120, 128
-MASK = N_VOCAB
-TINY = GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32)
-SMALL = GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=1, n_head=1, n_embd=16)
 
 
 def random_model(config, seed):
