@@ -16,6 +16,7 @@ For a question and an answer (the model's, or the reference), `check_answer` say
 Arithmetic and form are scored apart, so a bench can tell a model that cannot add from
 one whose blocks are incoherent.
 """
+import argparse
 import json
 import os
 import re
@@ -161,7 +162,10 @@ def step_kind(a, op, b):
 
 
 def main():
-    path = sys.argv[1] if len(sys.argv) > 1 else "data/synth/test.jsonl"
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("path", nargs="?", default="data/synth/test.jsonl",
+                   help="a .jsonl of question/answer pairs (default: %(default)s)")
+    path = p.parse_args().path
     if not os.path.exists(path):
         sys.exit(f"error: no answers at {path}: run `python data/prepare.py` first, or name a .jsonl file")
     rows = [json.loads(line) for line in open(path) if line.strip()]

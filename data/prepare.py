@@ -117,24 +117,42 @@ def write_bin(enc, rows, path):
     return len(arr)
 
 
+def check_args(args):
+    """Numbers that cannot make a dataset, refused before any work (raises ValueError)."""
+    for flag in ("n_train", "n_val", "n_test"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag} must be >= 1, got {getattr(args, flag)}")
+    if args.n_drill < 0:
+        raise ValueError(f"--n_drill must be >= 0, got {args.n_drill}")
+    for flag in ("val_percent", "test_percent"):  # 0 would never fill the split: the generator would run forever
+        if not 1 <= getattr(args, flag) <= 49:
+            raise ValueError(f"--{flag} must be in [1, 49], got {getattr(args, flag)}")
+    if args.vocab_size < 257:
+        raise ValueError(f"--vocab_size must be >= 257 (256 bytes + the end-of-text token), got {args.vocab_size}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out_dir", default="data/synth", help="where to write the files")
-    p.add_argument("--input", default=None, help="a .jsonl of question/answer pairs, or a text file; "
-                   "default: generate synthetic problems")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--n_train", type=int, default=100_000, help="synthetic training problems")
-    p.add_argument("--n_drill", type=int, default=0,
-                   help="synthetic arithmetic drill documents added to the training split (see README)")
-    p.add_argument("--n_val", type=int, default=2_000, help="synthetic validation problems")
-    p.add_argument("--n_test", type=int, default=1_000, help="synthetic test problems (distinct questions)")
-    p.add_argument("--val_percent", type=int, default=5, help="share of questions hashed to val")
-    p.add_argument("--test_percent", type=int, default=5, help="share of questions hashed to test")
-    p.add_argument("--vocab_size", type=int, default=768, help="BPE size (at most) before padding to a multiple of 64")
+    p.add_argument("--out_dir", default="data/synth", help="where to write the files (default: %(default)s)")
+    p.add_argument("--input", default=None, help="a .jsonl of question/answer pairs, or a text file "
+                   "(default: generate synthetic problems)")
+    p.add_argument("--seed", type=int, default=1337, help="seeds the generator (default: %(default)s)")
+    p.add_argument("--n_train", type=int, default=100_000, help="synthetic training problems (default: %(default)s)")
+    p.add_argument("--n_drill", type=int, default=0, help="synthetic arithmetic drill documents added to the "
+                   "training split, see README (default: %(default)s)")
+    p.add_argument("--n_val", type=int, default=2_000, help="synthetic validation problems (default: %(default)s)")
+    p.add_argument("--n_test", type=int, default=1_000,
+                   help="synthetic test problems, distinct questions (default: %(default)s)")
+    p.add_argument("--val_percent", type=int, default=5, help="share of questions hashed to val (default: %(default)s)")
+    p.add_argument("--test_percent", type=int, default=5,
+                   help="share of questions hashed to test (default: %(default)s)")
+    p.add_argument("--vocab_size", type=int, default=768,
+                   help="BPE size (at most) before padding to a multiple of 64 (default: %(default)s)")
     args = p.parse_args()
 
     t0 = time.time()
     try:
+        check_args(args)
         splits = user_splits(args) if args.input else synthetic_splits(args)
     except ValueError as e:
         sys.exit(f"error: {e}")

@@ -42,7 +42,8 @@ def places(tiny_data, tmp_path_factory):
          "SHORT_RUN": str(d / "short_run.pt"), "LONG": "many words " * 40}
     save_checkpoint(p["TEACHER"], model, "teacher", tokenizer)
     save_checkpoint(p["DRAFT"], model, "draft", tokenizer)
-    save_checkpoint(p["STUDENT"], model, "student", tokenizer, mask_id=enc.n_vocab, k_max=4)
+    save_checkpoint(p["STUDENT"], model, "student", tokenizer, mask_id=enc.n_vocab, k_max=4, bidirectional=False,
+                    step=0, args={"max_iters": 0})
     with open(p["TEACHER"], "rb") as f:
         open(p["CORRUPT"], "wb").write(f.read()[:2000])
     stranger = tokenizer_copy("stranger")
@@ -78,5 +79,10 @@ def test_the_table_covers_every_kind_of_bad_input():
     tried = " ".join(row[0] for row in error_table())
     for case in ("does not exist", "corrupt", "a student where a teacher", "a teacher where a student",
                  "another tokenizer", "longer than the context", "empty prompt", "tau above 1", "tau of 0",
-                 "k below 1", "k larger", "gamma below 1", "unknown device", "CUDA", "bad line"):
+                 "k below 1", "k larger", "gamma below 1", "unknown device", "CUDA", "bad line",
+                 "heads do not divide", "no sequences", "learning rate of 0", "infinite learning rate",
+                 "final learning rate above the peak", "dropout of 1", "negative warm-up",
+                 "seed too large", "no steps", "negative prefix loss", "longer than the teacher's context",
+                 "no new tokens", "among no tokens", "bench of no problems", "gamma of 0", "never fill",
+                 "smaller than the bytes", "no training problems"):
         assert case in tried, case
