@@ -17,10 +17,14 @@ the student guessing with its <MTP> masks (static k, ConfAdapt), or a cheaper pr
 whose drafts that model verifies in one pass (speculative, self-speculative, MTP-drafted),
 which is lossless. Every one keeps its KV caches holding a prefix of the accepted tokens
 (`forward_new`), so throwing away masks or rejected drafts is a `cache.truncate`.
+With --compile every strategy runs its passes at one fixed width through torch.compile
+(`forward_fixed`): the same tokens, with less of the overhead around each pass.
 """
 import argparse
+import functools
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 
 import torch
@@ -92,6 +96,8 @@ def forward_new(model, cache, seq, extra=(), extra_bidirectional=False):
     The attention is causal, unless `extra_bidirectional`: then the extra tokens also see each
     other both ways (the masks of a student distilled with --bidirectional, which must read its
     block as it was trained to)."""
+    if cache.width is not None:
+        return forward_fixed(model, cache, seq, list(extra), extra_bidirectional)
     idx = torch.tensor([seq[cache.length:] + list(extra)], device=cache.k.device)
     attn_mask = None
     if extra_bidirectional and len(extra) > 1:
@@ -101,8 +107,54 @@ def forward_new(model, cache, seq, extra=(), extra_bidirectional=False):
     return logits[0, -(len(extra) + 1):]
 
 
-def new_cache(model):
-    return KVCache(model.config, 1, model.lm_head.weight.device, model.lm_head.weight.dtype)
+def new_cache(model, width=None):
+    """A cache for one generation; `width`: passes of exactly that many tokens, compiled."""
+    return KVCache(model.config, 1, model.lm_head.weight.device, model.lm_head.weight.dtype, width)
+
+
+# --------------------------------------------------------------------------------------
+# The compiled path (--compile), the gpt-fast way. A small model's pass costs mostly the
+# Python and the kernel launches around its arithmetic; torch.compile fuses them away (and on
+# a GPU replays them as one CUDA graph), but only for shapes it has seen. So every pass of a
+# strategy feeds the same number of tokens, `cache.width`, padded at the end, and reads the
+# same tensors: the whole cache, with a mask saying which slots each token may see.
+
+def decode_step(model, cache, idx, slots, see_until):
+    """One fixed-shape pass: idx (W,) tokens written at cache slots (W,); token i attends to the
+    slots <= see_until[i]. Returns the logits (W, vocab_size)."""
+    mask = torch.arange(cache.k.size(3), device=idx.device) <= see_until[:, None]  # (W, n_slots)
+    logits, _ = model(idx[None], attn_mask=mask, cache=cache, slots=slots)
+    return logits[0]
+
+
+@functools.cache
+def compiled_decode_step(model, width):
+    """decode_step compiled for one model at one width. Dynamo keeps one cache of graphs per
+    code object and checks them in turn on every call: with the twenty or so (model, width)
+    pairs of a bench, those checks cost more than the pass itself (measured: a one-token pass
+    took twice as long). A copy of the code per pair keeps it to one graph and one check."""
+    code = decode_step.__code__.replace(co_name=f"decode_step_width_{width}")
+    return torch.compile(types.FunctionType(code, globals()), dynamic=False)
+
+
+def forward_fixed(model, cache, seq, extra, extra_bidirectional):
+    """forward_new in passes of exactly cache.width tokens. What does not fit (the prompt, the
+    first time) is fed the plain way first. The padding after the real tokens sees only
+    slots at or before its own, which nothing real reads before writing them again."""
+    new, start = seq[cache.length:], cache.length
+    n_over = len(new) + len(extra) - cache.width
+    if n_over > 0:
+        model(torch.tensor([new[:n_over]], device=cache.k.device), cache=cache)  # advances cache.length
+        new, start = new[n_over:], cache.length
+    n = len(new) + len(extra)
+    idx = torch.tensor(new + extra + [0] * (cache.width - n), device=cache.k.device)  # (W,)
+    slots = torch.arange(start, start + cache.width, device=cache.k.device)  # (W,)
+    see_until = slots.clone()
+    if extra_bidirectional and len(extra) > 1:
+        see_until[n - len(extra):n] = start + n - 1  # the extra block sees itself whole
+    logits = compiled_decode_step(model, cache.width)(model, cache, idx, slots, see_until)  # (W, vocab_size)
+    cache.length = start + n
+    return logits[n - len(extra) - 1:n]
 
 
 def accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, generator=None):
@@ -132,11 +184,12 @@ def accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, gene
 
 @torch.no_grad()
 def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature=0.0, top_k=None,
-                 use_cache=True, generator=None):
-    """Next-token prediction: one token per forward pass, until EOS, max_new_tokens or a full context."""
+                 use_cache=True, generator=None, compiled=False):
+    """Next-token prediction: one token per forward pass, until EOS, max_new_tokens or a full context.
+    `compiled` (every strategy): fixed-shape passes through torch.compile, same tokens."""
     check_prompt(prompt_ids, model)
     device = model.lm_head.weight.device
-    cache = new_cache(model) if use_cache else None
+    cache = new_cache(model, 1 if compiled else None) if use_cache else None
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < model.config.block_size:
         if use_cache:
@@ -159,7 +212,8 @@ def check_k(k, model, name="k"):
 
 
 @torch.no_grad()
-def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, tau=None, bidirectional=False):
+def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, tau=None, bidirectional=False,
+                 compiled=False):
     """Multi-token prediction with the student's <MTP> mask (paper Sec. 3.4 and 4.5-4.6).
 
     Every forward pass feeds the newly accepted tokens plus k-1 masks and reads k greedy
@@ -173,7 +227,7 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
     check_k(k, model)
     if tau is not None and not 0 < tau <= 1:
         raise UserError(f"tau must be in (0, 1], got {tau}")
-    cache = new_cache(model)
+    cache = new_cache(model, 2 * k - 1 if compiled else None)  # the last pass's <= k tokens and k-1 masks
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < model.config.block_size:
         n_masks = min(k, model.config.block_size - len(seq)) - 1  # emitted tokens stay inside the context
@@ -195,7 +249,7 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
 
 @torch.no_grad()
 def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vocab, gamma, temperature=0.0,
-                         top_k=None, generator=None):
+                         top_k=None, generator=None, compiled=False):
     """Speculative decoding (Leviathan et al. 2023): the small draft model proposes gamma tokens
     one pass each, the target verifies all of them in one pass (accept_drafts). Lossless: at
     temperature 0 the output is the target's greedy output, above it the target's distribution.
@@ -204,7 +258,8 @@ def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vo
     check_k(gamma, target, "gamma")
     if draft.config.block_size < target.config.block_size:
         raise UserError("the draft model's context is shorter than the target's: train it with the same block_size")
-    t_cache, d_cache = new_cache(target), new_cache(draft)
+    # Compiled: the target feeds its token and <= gamma drafts; the draft its last draft and the token after.
+    t_cache, d_cache = new_cache(target, gamma + 1 if compiled else None), new_cache(draft, 2 if compiled else None)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < target.config.block_size:
         g = min(gamma, target.config.block_size - len(seq) - 1, max_new_tokens - len(out.tokens) - 1)
@@ -229,7 +284,7 @@ def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vo
 
 
 @torch.no_grad()
-def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k):
+def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, compiled=False):
     """Self-speculative MTP (blockwise parallel decoding, Stern et al. 2018; one of the paper's
     directions for future research, Sec. 6). One pass of the student feeds: the new real tokens,
     the drafts its masks made last pass, and k-1 fresh masks. Its next-token predictions at the
@@ -237,7 +292,7 @@ def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab
     which sit after the last draft, are the next drafts. Lossless: the output is the student's own k=1 greedy output."""
     check_prompt(prompt_ids, model)
     check_k(k, model)
-    cache = new_cache(model)
+    cache = new_cache(model, 2 * k - 1 if compiled else None)  # a token, <= k-1 drafts, <= k-1 masks
     out, seq, drafts = Generation(tokens=[]), list(prompt_ids), []
     while len(seq) < model.config.block_size:
         room = min(model.config.block_size - len(seq), max_new_tokens - len(out.tokens)) - 1  # drafts + masks
@@ -259,13 +314,15 @@ def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab
 
 
 @torch.no_grad()
-def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k):
+def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
+                             compiled=False):
     """MTP-drafted speculative decoding: the student drafts k tokens in ONE pass (its last real
     token and k-1 masks), the teacher verifies them in one pass. Lossless: the output is the
     teacher's greedy output; the student only decides how many passes it takes."""
     check_prompt(prompt_ids, target)
     check_k(k, target)
-    t_cache, s_cache = new_cache(target), new_cache(student)
+    # Compiled: the target feeds its token and <= k drafts; the student <= k + 1 tokens and k-1 masks.
+    t_cache, s_cache = new_cache(target, k + 1 if compiled else None), new_cache(student, 2 * k if compiled else None)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < target.config.block_size:
         g = min(k, target.config.block_size - len(seq) - 1, max_new_tokens - len(out.tokens) - 1)
@@ -345,6 +402,8 @@ def main():
     p.add_argument("--gamma", type=int, default=4, help="speculative: tokens the draft model proposes per step")
     p.add_argument("--show-chunks", action="store_true", help="mark the tokens of each step")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--compile", action="store_true", help="fixed-shape passes through torch.compile: the same "
+                   "tokens with less overhead per pass (the first passes wait for the compiler)")
     p.add_argument("--seed", type=int, default=1337, help="seeds sampling (temperature > 0)")
     args = p.parse_args()
     check_flags(args, positive=("max_new_tokens",), non_negative=("temperature",))
@@ -364,7 +423,8 @@ def main():
     prompt_ids = enc.encode_ordinary(text) if args.prompt.strip() else []
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    common = dict(prompt_ids=prompt_ids, max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab)
+    common = dict(prompt_ids=prompt_ids, max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab,
+                  compiled=args.compile)
 
     t0 = time.time()
     if args.draft:

@@ -78,14 +78,18 @@ class KVCache:
 
     Slot t holds the keys/values of the token at position t. `length` counts the valid
     slots; a forward of T tokens writes slots [length, length + T) and advances it.
+    `width` (the fixed-shape decode step of decode.py --compile): every pass feeds exactly
+    `width` tokens, padded; the padding writes the `width` spare slots after the context.
     """
 
-    def __init__(self, config, batch_size=1, device="cpu", dtype=torch.float32):
+    def __init__(self, config, batch_size=1, device="cpu", dtype=torch.float32, width=None):
         hs = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, hs)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, block_size, hs)
+        n_slots = config.block_size + (width or 0)
+        shape = (config.n_layer, batch_size, config.n_head, n_slots, hs)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, n_slots, hs)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+        self.width = width
 
     def truncate(self, length):
         """Forget every slot from `length` on (rejected drafts, stale <MTP> masks)."""
@@ -104,13 +108,17 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
 
-    def forward(self, x, attn_mask=None, cache=None, layer=0):
+    def forward(self, x, attn_mask=None, cache=None, layer=0, slots=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if cache is not None:
+        if slots is not None:  # fixed shapes: write by slot, attend over every slot (attn_mask says which)
+            cache.k[layer, :, :, slots] = k
+            cache.v[layer, :, :, slots] = v
+            k, v = cache.k[layer].to(q.dtype), cache.v[layer].to(q.dtype)  # (B, nh, n_slots, hs)
+        elif cache is not None:
             start = cache.length
             cache.k[layer, :, :, start:start + T] = k
             cache.v[layer, :, :, start:start + T] = v
@@ -146,8 +154,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer)
+    def forward(self, x, attn_mask=None, cache=None, layer=0, slots=None):
+        x = x + self.attn(self.ln_1(x), attn_mask, cache, layer, slots)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -183,34 +191,38 @@ class GPT(nn.Module):
         """Parameters, not counting position embeddings (as nanoGPT reports them)."""
         return sum(p.numel() for p in self.parameters()) - self.transformer.wpe.weight.numel()
 
-    def forward(self, idx, targets=None, pos=None, attn_mask=None, cache=None):
+    def forward(self, idx, targets=None, pos=None, attn_mask=None, cache=None, slots=None):
         """
         idx:       (B, T) token ids
         targets:   (B, T) next-token ids, -1 where no loss is wanted; returns the mean loss too
         pos:       (T,) or (B, T) position ids; default: consecutive, starting after the cache
         attn_mask: (T, T_keys) or (B, T, T_keys) bool, True = may attend; default: causal
         cache:     a KVCache; the T tokens are written after its `length` valid slots
+        slots:     (T,) cache slots to write instead, with attn_mask over all of them: the
+                   fixed-shape step of decode.py --compile (the caller keeps cache.length)
         Returns (logits (B, T, vocab_size), loss or None).
         """
         B, T = idx.size()
-        start = cache.length if cache is not None else 0
-        if pos is None:
+        start = cache.length if cache is not None and slots is None else 0
+        if slots is not None:
+            pos = slots.clamp(max=self.config.block_size - 1)  # the padding past the context reuses the last position
+        elif pos is None:
             if start + T > self.config.block_size:
                 raise ValueError(f"{start + T} tokens do not fit the model's context of "
                                  f"{self.config.block_size} tokens")
             pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         # With explicit positions (the MTP layout) T may exceed block_size: the appended
         # blocks reuse positions of the sequence; only the positions must fit the context.
-        if cache is not None and attn_mask is None and T > 1:
+        if cache is not None and slots is None and attn_mask is None and T > 1:
             attn_mask = causal_mask(T, start, idx.device)  # causal with an offset: (T, start + T)
         if attn_mask is not None and attn_mask.dim() == 3:
             attn_mask = attn_mask[:, None]  # (B, 1, T, T_keys): the same mask for every head
 
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, attn_mask, cache, layer)
+            x = block(x, attn_mask, cache, layer, slots)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
-        if cache is not None:
+        if cache is not None and slots is None:
             cache.length = start + T
 
         loss = None

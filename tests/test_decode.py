@@ -134,3 +134,35 @@ def test_speculative_sampling_follows_the_target_end_to_end(target):
 def test_bad_speculative_settings_are_refused(target, student, call, message):
     with pytest.raises(UserError, match=message):
         call(target, student)
+
+
+def every_strategy(target, student, draft):
+    """Each decoding strategy as (prompt, compiled) -> Generation, greedy, as bench.py runs them."""
+    common = dict(max_new_tokens=40, eos_id=-1, n_vocab=N_VOCAB)
+    mtp = dict(mask_id=MASK, **common)
+    return {
+        "ntp": lambda p, c: generate_ntp(target, p, compiled=c, **common),
+        "static k=3": lambda p, c: generate_mtp(student, p, k=3, compiled=c, **mtp),
+        "ConfAdapt": lambda p, c: generate_mtp(student, p, k=4, tau=0.03, compiled=c, **mtp),
+        "ConfAdapt, bidirectional": lambda p, c: generate_mtp(student, p, k=4, tau=0.03, bidirectional=True,
+                                                              compiled=c, **mtp),
+        "speculative": lambda p, c: generate_speculative(target, draft, p, gamma=3, compiled=c, **common),
+        "self-speculative": lambda p, c: generate_self_speculative(student, p, k=3, compiled=c, **mtp),
+        "MTP-drafted speculative": lambda p, c: generate_mtp_speculative(target, student, p, k=3, compiled=c, **mtp),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt_len", [5, 50])  # 50: runs into the context end, where the padding goes past it
+def test_compiled_decoding_emits_the_plain_tokens(target, student, prompt_len):
+    """decode.py --compile: fixed-shape passes through torch.compile (inductor's CPU code here)
+    give every strategy the same tokens, in the same steps, as the plain path."""
+    prompt = torch.randint(0, N_VOCAB, (prompt_len,), generator=torch.Generator().manual_seed(3)).tolist()
+    chunk_sizes = set()
+    for name, decode in every_strategy(target, student, perturbed_copy(target, 1, 0.02)).items():
+        plain, compiled = decode(prompt, False), decode(prompt, True)
+        assert compiled.tokens == plain.tokens, name
+        assert (compiled.chunks, compiled.n_forward, compiled.n_draft_forward) == \
+            (plain.chunks, plain.n_forward, plain.n_draft_forward), name
+        chunk_sizes |= set(plain.chunks[:-1])
+    assert len(chunk_sizes) >= 3  # passes fed varying numbers of real tokens, so the padding varied
