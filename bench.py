@@ -13,8 +13,10 @@ For each: exact-match accuracy on the '####' answer, the share of well-formed an
 worked steps that are right (data/check.py: an incoherent multi-token block shows up in the
 first, a model that cannot add in the second), tokens per forward pass of the model
 that decides the output, accepted drafts per step, draft passes, wall-clock tokens/s, the
-speed-up over the baseline, and for lossless strategies the share of problems whose output
-is token-for-token their reference's. The strategies run interleaved, problem by problem,
+speed-up over the baseline, the speed-up modelled for a machine where a pass costs only the
+reading of the weights (a large model at batch 1; `modelled_speedup`), with our models' sizes
+and with an 8B target and a 1B draft, and for lossless strategies the share of problems whose
+output is token-for-token their reference's. --compile decodes with decode.py's compiled path. The strategies run interleaved, problem by problem,
 so a slow patch of the machine slows all of them alike instead of deciding the ranking.
 Every accuracy comes with its 95% interval. Writes out/bench.json (a list of rows),
 out/bench.md (the table; the student's ConfAdapt and static-k curves read at matched tokens
@@ -53,9 +55,11 @@ def load_problems(path, n):
 def run_bench(strategies, problems, enc):
     """Run every strategy on each problem in turn. A strategy is a dict with `model`, `strategy`,
     `family` (the curve it belongs to: "ntp", "static k", "ConfAdapt", ...), `n` (how many of the
-    problems it runs on), `decode` (prompt ids -> Generation) and optionally `reference` (the
-    `model/strategy` whose output it promises to reproduce token for token) and `tau` (ConfAdapt).
-    The first strategy is the baseline of the speed-ups."""
+    problems it runs on), `decode` (prompt ids -> Generation), `sizes` (parameters of the model
+    whose passes are Generation.n_forward and of the one making n_draft_forward, for
+    modelled_speedup), `large` (the same two as a large pair would have them) and optionally
+    `reference` (the `model/strategy` whose output it promises to reproduce token for token) and
+    `tau` (ConfAdapt). The first strategy is the baseline of the speed-ups."""
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
     for s in strategies:  # warm-up: the first call pays for allocations, not decoding
         s["decode"](enc.encode_ordinary(format_prompt(problems[0]["question"])))
@@ -127,9 +131,28 @@ def summarize(strategies):
             row["identical"] = round(100 * sum(a == b for a, b in zip(s["outputs"], reference)) / done, 1)
         rows.append(row)
     base = rows[0]["tokens_per_second"]
-    for r in rows:
+    for r, s in zip(rows, strategies):
         r["speedup"] = round(r["tokens_per_second"] / base, 2)
+        for column, sizes, teacher_size in (("modelled_ours", s["sizes"], strategies[0]["sizes"][0]),
+                                            ("modelled_large", s["large"], strategies[0]["large"][0])):
+            r[column] = round(modelled_speedup(s["tokens"], s["forwards"], s["draft_forwards"], *sizes,
+                                               teacher_size), 2)
     return rows
+
+
+# A named large pair for the modelled column: an 8B target (teacher, and a student distilled
+# from it) with a 1B draft model, the sizes of Llama-3.1-8B and Llama-3.2-1B.
+LARGE_PAIR = {"teacher": 8e9, "student": 8e9, "draft": 1e9}
+
+
+def modelled_speedup(tokens, forwards, draft_forwards, target_size, drafter_size, teacher_size):
+    """The speed-up a large model would see at batch 1, where a forward pass costs the time to
+    read the weights (memory-bound), whatever the number of positions it reads (so the
+    student's extra <MTP> positions, and a whole no-cache re-read, are nearly free): tokens
+    emitted per parameter read, over the teacher's NTP (one token per teacher-sized read).
+    A pass of the target reads target_size parameters, a pass of the drafter drafter_size."""
+    parameters_read = forwards * target_size + draft_forwards * drafter_size
+    return tokens / (parameters_read / teacher_size)
 
 
 def wilson_interval(correct, n, z=1.96):
@@ -180,9 +203,11 @@ def matched_table(rows, model="student", matched=(1.5, 2.0, 2.5, 3.0, 3.5)):
 
 def markdown_table(rows):
     cols = ["model", "strategy", "n", "accuracy", "well_formed", "steps_right", "tokens_per_forward",
-            "accepted_per_step", "draft_forwards", "tokens_per_second", "speedup", "identical"]
+            "accepted_per_step", "draft_forwards", "tokens_per_second", "speedup", "modelled_ours", "modelled_large",
+            "identical"]
     head = ["model", "strategy", "problems", "accuracy % (95% interval)", "well-formed %", "steps right %", "tokens/forward",
-            "accepted drafts/step", "draft passes/problem", "tokens/s", "speed-up", "identical to reference %"]
+            "accepted drafts/step", "draft passes/problem", "tokens/s", "speed-up", "modelled speed-up, our sizes",
+            "modelled speed-up, 8B + 1B", "identical to reference %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = {**r, "draft_forwards": r["draft_forwards"] or None,
@@ -222,12 +247,17 @@ FAMILY_STYLE = {  # how each family is drawn in the Pareto picture
 
 
 def pareto_plot(rows, path, title):
-    """Accuracy against acceleration, one marker per row, like the paper's figure 5: left by
-    tokens per forward pass (the paper's x-axis), right by measured wall-clock speed-up."""
+    """Accuracy against acceleration, one marker per row, like the paper's figure 5: by tokens per
+    forward pass (the paper's x-axis); by wall-clock speed-up, measured (filled) and modelled for
+    our sizes (hollow: what this machine would give if a pass cost only reading the weights); and
+    modelled for an 8B target with a 1B draft."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
-    for ax, x, label in ((axes[0], "tokens_per_forward", "tokens per forward pass (of the model that decides)"),
-                         (axes[1], "speedup", "wall-clock speed-up over teacher NTP greedy")):
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5), sharey=True)
+    panels = ((axes[0], "tokens_per_forward", None, "tokens per forward pass (of the model that decides)"),
+              (axes[1], "speedup", "modelled_ours", "speed-up over teacher NTP greedy: measured (filled), "
+               "modelled (hollow)"),
+              (axes[2], "modelled_large", None, "modelled speed-up, 8B target + 1B draft, batch 1"))
+    for ax, x, hollow, label in panels:
         for family, (color, marker) in FAMILY_STYLE.items():
             fam = [r for r in rows if r["family"] == family and r["strategy"] != "ntp greedy, no cache"]
             if not fam:
@@ -235,12 +265,15 @@ def pareto_plot(rows, path, title):
             if family in ("static k", "ConfAdapt"):  # a curve: the same model as k or tau moves
                 ax.plot([r[x] for r in fam], [r["accuracy"] for r in fam], color=color, alpha=0.4)
             ax.scatter([r[x] for r in fam], [r["accuracy"] for r in fam], color=color, marker=marker, label=family)
+            if hollow:
+                ax.scatter([r[hollow] for r in fam], [r["accuracy"] for r in fam], facecolors="none",
+                           edgecolors=color, marker=marker)
             for r in fam:
                 tag = r["model"] if family == "ntp" else r["strategy"].split(" ")[-1]  # k=3, tau=0.9, gamma=2
                 ax.annotate(tag.replace("tau=", "").replace("gamma", "γ"), (r[x], r["accuracy"]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points", color=color)
         ax.axvline(1.0, color="grey", lw=0.5)
-        ax.set_xlabel(label)
+        ax.set_xlabel(label, fontsize=9)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("accuracy on held-out problems (%)")
     axes[0].legend(fontsize=8)
@@ -410,7 +443,7 @@ def parse_taus(text):
     return taus
 
 
-def parse_args():
+def parse_args(argv=None):
     """The flags, every number among them checked before anything is loaded."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--teacher", default="out/teacher.pt", help="the NTP model: the baseline and the verifier")
@@ -432,8 +465,10 @@ def parse_args():
     p.add_argument("--max_new_tokens", type=int, default=256, help="at most (the context ends generation too)")
     p.add_argument("--n_chunks", type=int, default=3, help="held-out answers drawn in chunks.png")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--compile", action="store_true", help="every strategy decodes with fixed-shape passes through "
+                   "torch.compile (decode.py --compile): same tokens, less overhead per pass")
     p.add_argument("--out_dir", default="out", help="where the results go")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     check_flags(args, positive=("n", "max_new_tokens"), non_negative=("n_uncached", "n_chunks"))
     args.strategies = args.strategies.split(",")
     unknown = sorted(set(args.strategies) - set(STRATEGIES))
@@ -450,17 +485,24 @@ def build_strategies(args, teacher, ckpt, n, common, device):
     baseline of every speed-up. Returns (strategies, {variant name: checkpoint} for --compare)."""
     chosen = set(args.strategies)
     TEACHER = "teacher/ntp greedy"  # the reference of the lossless strategies that verify with the teacher
+    sizes = {"teacher": teacher.num_params()}  # and the draft's and student's, once loaded
 
-    def row(model, strategy, family, decode, reference=None, n=n, tau=None):
-        return dict(model=model, strategy=strategy, family=family, n=n, decode=decode, reference=reference, tau=tau)
+    def row(model, strategy, family, decode, target, drafter=None, reference=None, n=n, tau=None, target_size=None):
+        """target: "teacher", "draft" or "student", whose passes decide the output; drafter: the one
+        that only proposes (its passes are the draft passes)."""
+        return dict(model=model, strategy=strategy, family=family, n=n, decode=decode, reference=reference, tau=tau,
+                    sizes=(target_size or sizes[target], sizes.get(drafter, 0)),
+                    large=(LARGE_PAIR[target], LARGE_PAIR.get(drafter, 0)))
 
     def mtp_rows(model, student, sckpt, static_k, taus):
         """A student's static-k and ConfAdapt rows."""
         mtp = dict(mask_id=sckpt["mask_id"], bidirectional=sckpt["bidirectional"], **common)
+        size = student.num_params()
         return ([row(model, f"static k={k}", "static k", lambda ids, k=k: generate_mtp(
-                    student, ids, k=k, **mtp)) for k in static_k]
+                    student, ids, k=k, **mtp), "student", target_size=size) for k in static_k]
                 + [row(model, f"ConfAdapt tau={tau}", "ConfAdapt", lambda ids, tau=tau: generate_mtp(
-                    student, ids, k=sckpt["k_max"], tau=tau, **mtp), tau=tau) for tau in taus])
+                    student, ids, k=sckpt["k_max"], tau=tau, **mtp), "student", tau=tau, target_size=size)
+                   for tau in taus])
 
     def load_student(path):
         student, _, sckpt = load_for_decoding(path, device, kinds=("student",))
@@ -472,7 +514,7 @@ def build_strategies(args, teacher, ckpt, n, common, device):
                   f"--resume and the flags it was started with", file=sys.stderr)
         return student, sckpt
 
-    strategies = [row("teacher", "ntp greedy", "ntp", lambda ids: generate_ntp(teacher, ids, **common))]
+    strategies = [row("teacher", "ntp greedy", "ntp", lambda ids: generate_ntp(teacher, ids, **common), "teacher")]
     students = {}
     if args.compare:
         for path in args.compare:
@@ -485,16 +527,19 @@ def build_strategies(args, teacher, ckpt, n, common, device):
 
     if "no_cache" in chosen and args.n_uncached:
         strategies.append(row("teacher", "ntp greedy, no cache", "ntp", reference=TEACHER, n=min(n, args.n_uncached),
-                              decode=lambda ids: generate_ntp(teacher, ids, use_cache=False, **common)))
+                              decode=lambda ids: generate_ntp(teacher, ids, use_cache=False, **common),
+                              target="teacher"))
     draft = student = None
     if os.path.exists(args.draft) and {"draft", "speculative"} & chosen:
         draft, _, dckpt = load_for_decoding(args.draft, device, kinds=("draft",))
         check_same_tokenizer(ckpt, dckpt, args.teacher, args.draft)
+        sizes["draft"] = draft.num_params()
     if os.path.exists(args.student) and {"static", "confadapt", "self_speculative", "mtp_speculative"} & chosen:
         student, sckpt = load_student(args.student)
         mask_id = sckpt["mask_id"]
+        sizes["student"] = student.num_params()
     if draft is not None and "draft" in chosen:
-        strategies.append(row("draft", "ntp greedy", "ntp", lambda ids: generate_ntp(draft, ids, **common)))
+        strategies.append(row("draft", "ntp greedy", "ntp", lambda ids: generate_ntp(draft, ids, **common), "draft"))
     if student is not None:
         static_k = args.static_k if "static" in chosen else []
         strategies += mtp_rows("student", student, sckpt, static_k, args.taus if "confadapt" in chosen else [])
@@ -505,18 +550,18 @@ def build_strategies(args, teacher, ckpt, n, common, device):
                 strategies.append(row("student", f"self-speculative k={k}", "self-speculative",
                                       lambda ids, k=k: generate_self_speculative(student, ids, mask_id=mask_id, k=k,
                                                                                  **common),
-                                      reference="student/static k=1"))
+                                      "student", reference="student/static k=1"))
     if draft is not None and "speculative" in chosen:
         for gamma in args.gammas:
             strategies.append(row("teacher + draft", f"speculative gamma={gamma}", "speculative",
                                   lambda ids, g=gamma: generate_speculative(teacher, draft, ids, gamma=g, **common),
-                                  reference=TEACHER))
+                                  "teacher", "draft", reference=TEACHER))
     if student is not None and "mtp_speculative" in chosen:
         for k in args.mtp_k:
             strategies.append(row("teacher + student", f"MTP-drafted speculative k={k}", "MTP-drafted speculative",
                                   lambda ids, k=k: generate_mtp_speculative(teacher, student, ids, mask_id=mask_id,
                                                                             k=k, **common),
-                                  reference=TEACHER))
+                                  "teacher", "student", reference=TEACHER))
     return strategies, students
 
 
@@ -564,7 +609,7 @@ def main():
     test_path = args.test or os.path.join(os.path.dirname(ckpt["tokenizer"]), "test.jsonl")
     problems = load_problems(test_path, args.n)
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
-    common = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab)
+    common = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab, compiled=args.compile)
     strategies, students = build_strategies(args, teacher, ckpt, len(problems), common, device)
     print(f"benchmarking {len(strategies)} strategies on {len(problems)} problems from {test_path} on {device}, "
           f"interleaved problem by problem")
