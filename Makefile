@@ -4,6 +4,7 @@
 #   make test   install what is missing, then run the test suite
 #   make ablations   one student per variant of the paper's ablations, then one comparison (~93 CPU min)
 #   make demo GPU=1  the same pipeline with the one-GPU presets (bf16, torch.compile, fused AdamW)
+#   make gpu-check   run this first on a GPU: the GPU presets end to end in a few minutes (out/gpu-check)
 #
 # An interrupted training run keeps its checkpoint and prints the command that finishes it
 # (its own flags plus --resume); run that, then `make demo` again.
@@ -20,7 +21,7 @@ DRAFT_PRESET := draft
 STUDENT_PRESET := cpu
 endif
 
-.PHONY: demo test install clean ablations
+.PHONY: demo test install clean ablations gpu-check
 
 demo: install out/bench.json
 	@cat out/bench.md
@@ -42,6 +43,23 @@ out/student.pt: out/teacher.pt distill_mtp.py training.py
 
 out/bench.json: out/teacher.pt out/draft.pt out/student.pt bench.py decode.py
 	$(PYTHON) bench.py
+
+# Every GPU setting at a few hundred steps, then the bench on 50 problems, plain and with the
+# compiled decoder: it prints training tokens/s (the "done" lines), decoding tokens/s and the
+# tables. Its models are far from trained: it checks the machinery and the speed, not accuracy.
+CHECK := out/gpu-check
+CHECK_ITERS ?= 300
+CHECK_N ?= 50
+DEVICE ?= auto
+CHECK_BENCH = --n $(CHECK_N) --n_uncached 10 --static_k 1,3 --taus 0.9 --gammas 4 --device $(DEVICE) \
+	--teacher $(CHECK)/teacher.pt --draft $(CHECK)/draft.pt --student $(CHECK)/student.pt
+gpu-check: install $(DATA)/train.bin
+	$(PYTHON) train_ntp.py --preset teacher_gpu --max_iters $(CHECK_ITERS) --device $(DEVICE) --out $(CHECK)/teacher.pt
+	$(PYTHON) train_ntp.py --preset draft_gpu --max_iters $(CHECK_ITERS) --device $(DEVICE) --out $(CHECK)/draft.pt
+	$(PYTHON) distill_mtp.py --preset gpu --max_iters $(CHECK_ITERS) --device $(DEVICE) \
+		--teacher $(CHECK)/teacher.pt --out $(CHECK)/student.pt
+	$(PYTHON) bench.py $(CHECK_BENCH) --out_dir $(CHECK)
+	$(PYTHON) bench.py $(CHECK_BENCH) --out_dir $(CHECK)/compiled --compile
 
 # The paper's ablations (its ablation table; our findings are in the README): every variant is the
 # preset student with one thing changed, distilled from the same teacher with the same seed and

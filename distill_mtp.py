@@ -271,7 +271,7 @@ def main(args):
         f" -> {args.out}")
     stop = stop_on_signals()
     bar = tqdm(total=args.max_iters, initial=step, desc="student", disable=not procs.master, dynamic_ncols=True)
-    t0, val_loss = time.time(), float("nan")
+    t0, first_step, val_loss = time.time(), step, float("nan")
     # Validate at step 0 too (the starting agreement is the first point of the curves); a resumed
     # checkpoint was validated at its step already.
     evaluated_at = step if args.resume else -1
@@ -306,8 +306,11 @@ def main(args):
         val_loss, agree = evaluate()
         agreement_log.append({"step": step, "val_loss": val_loss, "agreement": [round(a, 4) for a in agree.tolist()]})
         checkpoint(val_loss)
+        seconds = time.time() - t0  # evaluations and compilation included
+        windows_per_second = (step - first_step) * args.batch_size * args.grad_accum / seconds
         log(f"{'stopped' if stop else 'done'} at step {step}: val loss {val_loss:.4f}, agreement by position "
-            + " ".join(f"{a:.2f}" for a in agree.tolist()) + f", {(time.time() - t0) / 60:.1f} min -> {args.out}")
+            + " ".join(f"{a:.2f}" for a in agree.tolist()) + f", {windows_per_second * block_size:,.0f} "
+            f"window tokens/s, {seconds / 60:.1f} min -> {args.out}")
     finish(bool(stop), args, procs, log)
 
 

@@ -150,7 +150,7 @@ def main(args):
         f"{f' x {procs.world} processes' if procs.ddp else ''}; checkpoint -> {args.out}")
     stop = stop_on_signals()
     bar = tqdm(total=args.max_iters, initial=step, desc=args.kind, disable=not procs.master, dynamic_ncols=True)
-    t0, val_loss = time.time(), float("nan")
+    t0, first_step, val_loss = time.time(), step, float("nan")
     evaluated_at = step  # step 0 needs no evaluation; a resumed checkpoint had one at its step
     while step < args.max_iters and not stop:
         if step % args.eval_interval == 0 and step != evaluated_at and procs.master:
@@ -172,8 +172,9 @@ def main(args):
         val_loss = estimate_loss(raw_model, val_data, val_starts, val_no_loss, args, procs.device, autocast)
         checkpoint(val_loss)
         train_loss = f"{loss_log[-1]:.4f}" if loss_log else "-"
-        log(f"{'stopped' if stop else 'done'} at step {step}: train loss {train_loss}, "
-            f"val loss {val_loss:.4f}, {(time.time() - t0) / 60:.1f} min -> {args.out}")
+        seconds = time.time() - t0  # evaluations and compilation included
+        log(f"{'stopped' if stop else 'done'} at step {step}: train loss {train_loss}, val loss {val_loss:.4f}, "
+            f"{(step - first_step) * tokens_per_step / seconds:,.0f} tokens/s, {seconds / 60:.1f} min -> {args.out}")
     finish(bool(stop), args, procs, log)
 
 
