@@ -16,9 +16,10 @@ that decides the output, accepted drafts per step, draft passes, wall-clock toke
 speed-up over the baseline, the speed-up modelled for a machine where a pass costs only the
 reading of the weights (a large model at batch 1; `modelled_speedup`), with our models' sizes
 and with an 8B target and a 1B draft, and for lossless strategies the share of problems whose
-output is token-for-token their reference's. --compile decodes with decode.py's compiled path. The strategies run interleaved, problem by problem,
-so a slow patch of the machine slows all of them alike instead of deciding the ranking.
-Every accuracy comes with its 95% interval. Writes out/bench.json (a list of rows),
+output is token-for-token their reference's. --compile decodes with decode.py's compiled
+path. The strategies run interleaved, problem by problem, so a slow patch of the machine
+slows all of them alike instead of deciding the ranking. Every accuracy comes with its 95%
+interval. Writes out/bench.json (a list of rows),
 out/bench.md (the table; the student's ConfAdapt and static-k curves read at matched tokens
 per pass; the baseline's wrong steps by kind), out/pareto.png and out/chunks.png (ConfAdapt
 answers, one shaded box per forward pass: the paper's figure 1), prints the table, then the
@@ -466,7 +467,8 @@ def parse_args(argv=None):
     p.add_argument("--n_chunks", type=int, default=3, help="held-out answers drawn in chunks.png")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--compile", action="store_true", help="every strategy decodes with fixed-shape passes through "
-                   "torch.compile (decode.py --compile): same tokens, less overhead per pass")
+                   "torch.compile (decode.py --compile): the same tokens; faster on a GPU, we expect, but "
+                   "slower on our 2-core CPU (README)")
     p.add_argument("--out_dir", default="out", help="where the results go")
     args = p.parse_args(argv)
     check_flags(args, positive=("n", "max_new_tokens"), non_negative=("n_uncached", "n_chunks"))

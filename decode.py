@@ -114,10 +114,12 @@ def new_cache(model, width=None):
 
 # --------------------------------------------------------------------------------------
 # The compiled path (--compile), the gpt-fast way. A small model's pass costs mostly the
-# Python and the kernel launches around its arithmetic; torch.compile fuses them away (and on
-# a GPU replays them as one CUDA graph), but only for shapes it has seen. So every pass of a
-# strategy feeds the same number of tokens, `cache.width`, padded at the end, and reads the
-# same tensors: the whole cache, with a mask saying which slots each token may see.
+# Python and the kernel launches around its arithmetic; torch.compile fuses kernels and drops
+# the Python, but only for shapes it has seen. So every pass of a strategy feeds the same
+# number of tokens, `cache.width`, padded at the end, and reads the same tensors: the whole
+# cache, with a mask saying which slots each token may see. (On a GPU, CUDA graphs would also
+# replay all the launches as one, mode="reduce-overhead"; they need the caches at fixed
+# addresses, which this code does not arrange. README: what it measured on the CPU.)
 
 def decode_step(model, cache, idx, slots, see_until):
     """One fixed-shape pass: idx (W,) tokens written at cache slots (W,); token i attends to the
@@ -403,7 +405,7 @@ def main():
     p.add_argument("--show-chunks", action="store_true", help="mark the tokens of each step")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--compile", action="store_true", help="fixed-shape passes through torch.compile: the same "
-                   "tokens with less overhead per pass (the first passes wait for the compiler)")
+                   "tokens, the first passes waiting for the compiler (README: what it gains)")
     p.add_argument("--seed", type=int, default=1337, help="seeds sampling (temperature > 0)")
     args = p.parse_args()
     check_flags(args, positive=("max_new_tokens",), non_negative=("temperature",))
