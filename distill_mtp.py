@@ -311,6 +311,7 @@ def main(args):
         log(f"{'stopped' if stop else 'done'} at step {step}: val loss {val_loss:.4f}, agreement by position "
             + " ".join(f"{a:.2f}" for a in agree.tolist()) + f", {windows_per_second * block_size:,.0f} "
             f"window tokens/s, {seconds / 60:.1f} min -> {args.out}")
+    del student  # the DDP wrapper holds the process group, which finish() shuts down
     finish(bool(stop), args, procs, log)
 
 

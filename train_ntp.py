@@ -175,6 +175,7 @@ def main(args):
         seconds = time.time() - t0  # evaluations and compilation included
         log(f"{'stopped' if stop else 'done'} at step {step}: train loss {train_loss}, val loss {val_loss:.4f}, "
             f"{(step - first_step) * tokens_per_step / seconds:,.0f} tokens/s, {seconds / 60:.1f} min -> {args.out}")
+    del model  # the DDP wrapper holds the process group, which finish() shuts down
     finish(bool(stop), args, procs, log)
 
 

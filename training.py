@@ -11,6 +11,7 @@ each read top to bottom as the story of one run (their loops stay in plain sight
 """
 import argparse
 import contextlib
+import gc
 import math
 import os
 import shlex
@@ -285,10 +286,17 @@ def resume_command(args):
 
 
 def finish(stopped, args, procs, log):
-    """End the run: after a stop, say how to continue and exit with 130 (as a Ctrl-C would)."""
+    """End the run: close the processes' group, and after a stop say how to continue and exit
+    with 130 (as a Ctrl-C would). Call it after dropping the DDP-wrapped model."""
     if stopped:
         log(f"continue with: {resume_command(args)}")
     if procs.ddp:
+        # Leave together, and only once nothing holds the process group (the caller has dropped
+        # its DDP wrapper): with gloo, shutting the group down while the wrapper still held it
+        # aborted a rank at exit ("terminate called without an active exception") in 8 of 100
+        # two-process runs on our CPU (training and distillation), and in none of 180 since.
+        dist.barrier()
+        gc.collect()  # in case the wrapper sits in a reference cycle
         dist.destroy_process_group()
     if stopped:
         sys.exit(130)
