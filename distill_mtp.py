@@ -31,9 +31,9 @@ from tqdm import tqdm
 from data.tokenizer import EOT
 from model import (HelpFormatter, UserError, add_mask_token, causal_mask, check_flags, load_checkpoint,
                    model_from_checkpoint, tokenizer_from_checkpoint)
-from training import (add_training_flags, autocast_context, finish, get_batch, get_lr, load_tokens, open_run, parse_with_presets,
-                      restore_run, save_run, settings_line, setup_processes, stop_on_signals, train_step,
-                      wrap_model)
+from training import (add_training_flags, any_process_stopped, autocast_context, finish, get_batch, get_lr,
+                      load_tokens, open_run, parse_with_presets, restore_run, save_run, settings_line,
+                      setup_processes, stop_on_signals, train_step, wrap_model)
 
 PRESETS = {
     # Denser prediction points than the paper's N / (2 k_max): each block adds only k-1 tokens
@@ -275,7 +275,7 @@ def main(args):
     # Validate at step 0 too (the starting agreement is the first point of the curves); a resumed
     # checkpoint was validated at its step already.
     evaluated_at = step if args.resume else -1
-    while step < args.max_iters and not stop:
+    while step < args.max_iters and not any_process_stopped(stop, procs):
         if step % args.eval_interval == 0 and step != evaluated_at and procs.master:
             val_loss, agree = evaluate()
             agreement_log.append({"step": step, "val_loss": val_loss,

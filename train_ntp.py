@@ -22,9 +22,9 @@ from tqdm import tqdm
 from data.tokenizer import EOT, load_tokenizer, padded_vocab_size
 from model import (GPT, GPTConfig, HelpFormatter, UserError, check_flags, model_from_checkpoint,
                    tokenizer_from_checkpoint)
-from training import (add_training_flags, autocast_context, finish, get_batch, get_lr, load_tokens, open_run, parse_with_presets,
-                      restore_run, save_run, settings_line, setup_processes, stop_on_signals, train_step,
-                      wrap_model)
+from training import (add_training_flags, any_process_stopped, autocast_context, finish, get_batch, get_lr,
+                      load_tokens, open_run, parse_with_presets, restore_run, save_run, settings_line,
+                      setup_processes, stop_on_signals, train_step, wrap_model)
 
 # Tuned on the 2-core CPU machines this project is developed on (see README for the runs).
 # The draft model has >= 4x fewer parameters than the teacher.
@@ -152,7 +152,7 @@ def main(args):
     bar = tqdm(total=args.max_iters, initial=step, desc=args.kind, disable=not procs.master, dynamic_ncols=True)
     t0, first_step, val_loss = time.time(), step, float("nan")
     evaluated_at = step  # step 0 needs no evaluation; a resumed checkpoint had one at its step
-    while step < args.max_iters and not stop:
+    while step < args.max_iters and not any_process_stopped(stop, procs):
         if step % args.eval_interval == 0 and step != evaluated_at and procs.master:
             val_loss = estimate_loss(raw_model, val_data, val_starts, val_no_loss, args, procs.device, autocast)
             bar.write(f"step {step}: val loss {val_loss:.4f}")

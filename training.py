@@ -218,6 +218,19 @@ def stop_on_signals():
     return stop
 
 
+def any_process_stopped(stop, procs):
+    """Whether this run must stop, for every process alike. Under torchrun each process gets its
+    own signal, and one may get it a step after another: if they left the loop at different
+    steps, one would wait forever for the others' gradients. So all of them say whether they
+    were stopped, and when any was, every `stop` gets an entry. One tiny all-reduce per step."""
+    if procs.ddp:
+        stopped = torch.tensor(float(bool(stop)), device=procs.device)
+        dist.all_reduce(stopped)
+        if stopped.item() > 0 and not stop:
+            stop.append(True)
+    return bool(stop)
+
+
 def set_aside_existing(path):
     """A fresh run first moves a checkpoint already at `path` to `path`.old (or .old1, .old2, ...
     if that is taken): starting over by mistake, instead of --resume, must not destroy a run.

@@ -108,3 +108,21 @@ def test_a_killed_distillation_resumes_into_the_same_run(tiny_data, tmp_path):
     straight, resumed = load_checkpoint(str(tmp_path / "straight.pt")), load_checkpoint(str(tmp_path / "s.pt"))
     same_run(straight, resumed)
     assert resumed["agreement_log"] == straight["agreement_log"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_reaching_one_process_of_a_torchrun_run_stops_them_all_at_one_step(tiny_data, tmp_path):
+    """Under torchrun each process gets its own signal, maybe a step after another. Here only
+    rank 1 gets Ctrl-C (during step 16): rank 0 must leave the loop at the same step, or it
+    waits forever for rank 1's gradients of step 17."""
+    harness = tmp_path / "interrupt_rank_1.py"
+    harness.write_text("import os, sys; sys.path.insert(0, os.getcwd())\n"  # as `python -c` has it
+                       + INTERRUPT.replace("if calls == at:", "if calls == at and os.environ['RANK'] == '1':"))
+    train = ["train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "t.pt"), *TINY, "--grad_accum", "2"]
+    r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(harness), "ctrl-c", "16",
+                   *train, timeout=120)
+    assert r.returncode != 0  # torchrun reports a worker's exit status 130 as a failure
+    assert "exitcode  : 130" in r.stderr, r.stderr[-2000:]
+    assert "continue with: python train_ntp.py" in r.stdout, r.stdout[-2000:]
+    left = load_checkpoint(str(tmp_path / "t.pt"))
+    assert left["step"] == 16 and len(left["loss_log"]) == 16
