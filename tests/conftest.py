@@ -22,6 +22,7 @@ SMALL = GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=1, n_head=1, n_embd=1
 # A training run of train_ntp.py small enough for a test (a few seconds per 30 steps).
 TINY_RUN = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--batch_size", "8",
             "--eval_iters", "2", "--warmup_iters", "5", "--lr", "3e-3", "--device", "cpu"]
+TORCHRUN_2 = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]  # two processes, one machine
 
 
 def run_script(*args, cwd=ROOT, timeout=300):

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import MASK, N_VOCAB, TINY, TINY_RUN, run_script, untrained_teacher
+from conftest import MASK, N_VOCAB, TINY, TINY_RUN, TORCHRUN_2, run_script, untrained_teacher
 from data.tokenizer import load_tokenizer
 from decode import generate_mtp, generate_ntp
 from distill_mtp import distill_loss, mtp_layout, prediction_points
@@ -305,8 +305,7 @@ def test_torchrun_with_two_processes_matches_one_process_in_distillation(tiny_da
                "--device", "cpu"]
     r = run_script(*distill, "--out", str(tmp_path / "one.pt"))
     assert r.returncode == 0, r.stderr[-2000:]
-    r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *distill,
-                   "--out", str(tmp_path / "two.pt"))
+    r = run_script(*TORCHRUN_2, *distill, "--out", str(tmp_path / "two.pt"))
     assert r.returncode == 0, r.stderr[-2000:]
     single, double = load_checkpoint(str(tmp_path / "one.pt")), load_checkpoint(str(tmp_path / "two.pt"))
     assert double["step"] == 6

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from conftest import TINY_RUN, run_script, untrained_teacher
+from conftest import TINY_RUN, TORCHRUN_2, run_script, untrained_teacher
 from model import load_checkpoint
 
 # Runs a training script with one thing changed: at the `at`-th call of a function every step
@@ -119,8 +119,7 @@ def test_ctrl_c_reaching_one_process_of_a_torchrun_run_stops_them_all_at_one_ste
     harness.write_text("import os, sys; sys.path.insert(0, os.getcwd())\n"  # as `python -c` has it
                        + INTERRUPT.replace("if calls == at:", "if calls == at and os.environ['RANK'] == '1':"))
     train = ["train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "t.pt"), *TINY, "--grad_accum", "2"]
-    r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(harness), "ctrl-c", "16",
-                   *train, timeout=120)
+    r = run_script(*TORCHRUN_2, str(harness), "ctrl-c", "16", *train, timeout=120)
     assert r.returncode != 0  # torchrun reports a worker's exit status 130 as a failure
     assert "exitcode  : 130" in r.stderr, r.stderr[-2000:]
     assert "continue with: python train_ntp.py" in r.stdout, r.stdout[-2000:]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY_RUN, run_script
+from conftest import TINY_RUN, TORCHRUN_2, run_script
 from data.tokenizer import EOT, load_tokenizer
 from model import load_checkpoint
 from train_ntp import question_mask
@@ -91,8 +91,8 @@ def test_resume_continues_exactly_where_it_stopped(tiny_data, tmp_path):
 def test_torchrun_with_two_processes_matches_one_process(tiny_data, tmp_path):
     common = ["--max_iters", "10", "--grad_accum", "2", "--eval_interval", "1000"]
     single = train(tiny_data, tmp_path / "one.pt", *common)
-    r = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_ntp.py",
-                   "--data_dir", str(tiny_data), "--out", str(tmp_path / "two.pt"), *TINY_RUN, *common)
+    r = run_script(*TORCHRUN_2, "train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "two.pt"),
+                   *TINY_RUN, *common)
     assert r.returncode == 0, r.stderr[-2000:]
     double = load_checkpoint(str(tmp_path / "two.pt"))
     assert double["step"] == 10
