@@ -41,7 +41,7 @@ out/draft.pt: $(DATA)/train.bin train_ntp.py training.py model.py
 out/student.pt: out/teacher.pt distill_mtp.py training.py
 	$(PYTHON) distill_mtp.py --preset $(STUDENT_PRESET)
 
-out/bench.json: out/teacher.pt out/draft.pt out/student.pt bench.py decode.py
+out/bench.json: out/teacher.pt out/draft.pt out/student.pt bench.py decode.py report.py
 	$(PYTHON) bench.py
 
 # Every GPU setting at a few hundred steps, then the bench on 50 problems, plain and with the
@@ -61,7 +61,7 @@ gpu-check: install $(DATA)/train.bin
 	$(PYTHON) bench.py $(CHECK_BENCH) --out_dir $(CHECK)
 	$(PYTHON) bench.py $(CHECK_BENCH) --out_dir $(CHECK)/compiled --compile
 
-# The paper's ablations (its ablation table; our findings are in the README): every variant is the
+# The paper's ablations (its ablation table; our findings are in docs/ablations.md): every variant is the
 # preset student with one thing changed, distilled from the same teacher with the same seed and
 # steps; `main` is out/student.pt itself. `paper` drops our one departure (the prefix loss) and
 # is the paper's main setting: critic, hard teacher, k ~ U[2, 8]. fixed_k trains k = k_max = 8 only.

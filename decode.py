@@ -9,16 +9,11 @@ Decoding strategies, one function each, all returning a `Generation` with the sa
     python decode.py --ckpt out/student.pt --self-speculative --k 4 --prompt "..."  # self-speculative
     python decode.py --draft out/student.pt --k 4 --show-chunks --prompt "..."      # MTP-drafted speculative
 
-Next-token prediction (NTP): one forward pass per token. With the KV cache each pass feeds
-only the newest token; the keys/values of the earlier ones are read from the cache.
-Without it every pass re-reads the whole sequence: same tokens, much more work.
-The other strategies emit several tokens per pass of the model that decides the output:
-the student guessing with its <MTP> masks (static k, ConfAdapt), or a cheaper proposer
-whose drafts that model verifies in one pass (speculative, self-speculative, MTP-drafted),
-which is lossless. Every one keeps its KV caches holding a prefix of the accepted tokens
-(`forward_new`), so throwing away masks or rejected drafts is a `cache.truncate`.
-With --compile every strategy runs its passes at one fixed width through torch.compile
-(`forward_fixed`): the same tokens, with less of the overhead around each pass.
+Next-token prediction (NTP) pays one forward pass per token. The student emits several tokens
+per pass with its <MTP> masks (static k, ConfAdapt); speculative decoding lets a cheaper
+proposer draft tokens that the model deciding the output verifies in one pass (lossless).
+Every strategy feeds its model through `forward_new`, which keeps the KV cache holding a
+prefix of the accepted tokens, so throwing away masks or rejected drafts is a `cache.truncate`.
 """
 import argparse
 import functools
@@ -29,10 +24,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common import (HelpFormatter, UserError, check_flags, check_same_tokenizer, load_for_decoding, pick_device,
+                    student_k)
 from data.problems import format_prompt
 from data.tokenizer import EOT
-from model import (HelpFormatter, KVCache, UserError, causal_mask, check_flags, load_checkpoint, model_from_checkpoint,
-                   pick_device, tokenizer_from_checkpoint)
+from model import KVCache
 
 
 @dataclass
@@ -62,101 +58,100 @@ class Generation:
         return chunk[-1] == eos_id or len(self.tokens) >= max_new_tokens
 
 
-def token_probs(logits, temperature, top_k, n_vocab):
-    """The sampling distribution (..., n_vocab): softmax(logits / temperature) over the top_k
-    tokens. Ids from n_vocab on are padding slots (and the <MTP> mask): never emitted."""
-    logits = logits[..., :n_vocab].float() / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, n_vocab), dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.softmax(logits, dim=-1)
+# `compiled` (every strategy): each pass is padded to one fixed width and runs through
+# torch.compile (`forward_new`); the tokens are the same.
+
+@torch.no_grad()
+def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature=0.0, top_k=None,
+                 use_cache=True, generator=None, compiled=False):
+    """Next-token prediction: one token per forward pass, until EOS, max_new_tokens or a full context.
+    With the cache each pass feeds only the newest token; without it every pass re-reads the
+    whole sequence: the same tokens, much more work."""
+    check_prompt(prompt_ids, model)
+    cache = new_cache(model) if use_cache else None
+    out, seq = Generation(tokens=[]), list(prompt_ids)
+    while len(seq) < model.config.block_size:
+        if use_cache:
+            logits = forward_new(model, cache, seq, width=1 if compiled else None)[-1]
+        else:
+            logits = model(torch.tensor([seq], device=model.lm_head.weight.device))[0][0, -1]
+        out.n_forward += 1
+        token = pick_token(logits, temperature, top_k, n_vocab, generator)
+        if out.emit([token], eos_id, max_new_tokens):
+            break
+        seq.append(token)
+    return out
 
 
-def pick_token(logits, temperature, top_k, n_vocab, generator=None):
-    """The next token from (vocab_size,) logits: argmax at temperature 0, else a sample."""
-    if temperature == 0:
-        return int(torch.argmax(logits[:n_vocab]))
-    return int(torch.multinomial(token_probs(logits, temperature, top_k, n_vocab), 1, generator=generator))
+@torch.no_grad()
+def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, tau=None, bidirectional=False,
+                 compiled=False):
+    """Multi-token prediction with the student's <MTP> mask (paper Sec. 3.4 and 4.5-4.6).
+
+    Every forward pass feeds the newly accepted tokens plus k-1 masks and reads k greedy
+    predictions from the last k positions (the last real token predicts token 1, mask j
+    predicts token j+1). Static k (tau=None) emits all k. ConfAdapt(tau) emits the longest
+    leading run whose confidence (max softmax) is >= tau, always at least one token.
+    The masks' cache entries are stale once their tokens are known, so the cache is cut back
+    to the last real token; the accepted tokens are fed as real tokens on the next pass.
+    `bidirectional`: the student was distilled with masks that see each other both ways."""
+    check_prompt(prompt_ids, model)
+    check_k(k, model)
+    if tau is not None and not 0 < tau <= 1:
+        raise UserError(f"tau must be in (0, 1], got {tau}")
+    cache = new_cache(model)
+    out, seq = Generation(tokens=[]), list(prompt_ids)
+    while len(seq) < model.config.block_size:
+        n_masks = min(k, model.config.block_size - len(seq)) - 1  # emitted tokens stay inside the context
+        logits = forward_new(model, cache, seq, [mask_id] * n_masks, bidirectional,
+                             width=2 * k - 1 if compiled else None)  # (n_masks + 1, vocab_size)
+        out.n_forward += 1
+        cache.truncate(len(seq))  # forget the masks' keys/values
+        confidence, tokens = torch.softmax(logits[:, :n_vocab].float(), dim=-1).max(dim=-1)  # (n_masks + 1,)
+        n_emit = n_masks + 1
+        if tau is not None:  # ConfAdapt: stop before the first position below tau
+            below = (confidence < tau).nonzero()
+            n_emit = max(1, int(below[0]) if len(below) else n_emit)
+        chunk = tokens[:n_emit].tolist()
+        if out.emit(chunk, eos_id, max_new_tokens):
+            break
+        seq += chunk
+    return out
 
 
-def check_prompt(prompt_ids, model):
-    if len(prompt_ids) == 0:
-        raise UserError("the prompt is empty: give some text to continue")
-    if len(prompt_ids) >= model.config.block_size:
-        raise UserError(f"the prompt is {len(prompt_ids)} tokens but the model's context holds "
-                        f"{model.config.block_size}: shorten the prompt")
-
-
-def forward_new(model, cache, seq, extra=(), extra_bidirectional=False):
-    """The one piece of KV-cache logic every strategy shares. The cache always holds the
-    keys/values of a prefix of `seq` (the accepted tokens); feed the rest of `seq`, then
-    `extra` (drafts or <MTP> masks). Returns the logits of the last len(extra) + 1 positions,
-    (len(extra) + 1, vocab_size): row j predicts the token after seq + extra[:j].
-    Rolling back rejected drafts or stale masks is then just `cache.truncate(...)`.
-    The attention is causal, unless `extra_bidirectional`: then the extra tokens also see each
-    other both ways (the masks of a student distilled with --bidirectional, which must read its
-    block as it was trained to)."""
-    if cache.width is not None:
-        return forward_fixed(model, cache, seq, list(extra), extra_bidirectional)
-    idx = torch.tensor([seq[cache.length:] + list(extra)], device=cache.k.device)
-    attn_mask = None
-    if extra_bidirectional and len(extra) > 1:
-        attn_mask = causal_mask(idx.size(1), cache.length, idx.device)  # (T, start + T)
-        attn_mask[-len(extra):, -len(extra):] = True  # the extra block sees itself whole
-    logits, _ = model(idx, cache=cache, attn_mask=attn_mask)
-    return logits[0, -(len(extra) + 1):]
-
-
-def new_cache(model, width=None):
-    """A cache for one generation; `width`: passes of exactly that many tokens, compiled."""
-    return KVCache(model.config, 1, model.lm_head.weight.device, model.lm_head.weight.dtype, width)
-
-
-# --------------------------------------------------------------------------------------
-# The compiled path (--compile), the gpt-fast way. A small model's pass costs mostly the
-# Python and the kernel launches around its arithmetic; torch.compile fuses kernels and drops
-# the Python, but only for shapes it has seen. So every pass of a strategy feeds the same
-# number of tokens, `cache.width`, padded at the end, and reads the same tensors: the whole
-# cache, with a mask saying which slots each token may see. (On a GPU, CUDA graphs would also
-# replay all the launches as one, mode="reduce-overhead"; they need the caches at fixed
-# addresses, which this code does not arrange. README: what it measured on the CPU.)
-
-def decode_step(model, cache, idx, slots, see_until):
-    """One fixed-shape pass: idx (W,) tokens written at cache slots (W,); token i attends to the
-    slots <= see_until[i]. Returns the logits (W, vocab_size)."""
-    mask = torch.arange(cache.k.size(3), device=idx.device) <= see_until[:, None]  # (W, n_slots)
-    logits, _ = model(idx[None], attn_mask=mask, cache=cache, slots=slots)
-    return logits[0]
-
-
-@functools.cache
-def compiled_decode_step(model, width):
-    """decode_step compiled for one model at one width. Dynamo keeps one cache of graphs per
-    code object and checks them in turn on every call: with the twenty or so (model, width)
-    pairs of a bench, those checks cost more than the pass itself (measured: a one-token pass
-    took twice as long). A copy of the code per pair keeps it to one graph and one check."""
-    code = decode_step.__code__.replace(co_name=f"decode_step_width_{width}")
-    return torch.compile(types.FunctionType(code, globals()), dynamic=False)
-
-
-def forward_fixed(model, cache, seq, extra, extra_bidirectional):
-    """forward_new in passes of exactly cache.width tokens. What does not fit (the prompt, the
-    first time) is fed the plain way first. The padding after the real tokens sees only
-    slots at or before its own, which nothing real reads before writing them again."""
-    new, start = seq[cache.length:], cache.length
-    n_over = len(new) + len(extra) - cache.width
-    if n_over > 0:
-        model(torch.tensor([new[:n_over]], device=cache.k.device), cache=cache)  # advances cache.length
-        new, start = new[n_over:], cache.length
-    n = len(new) + len(extra)
-    idx = torch.tensor(new + extra + [0] * (cache.width - n), device=cache.k.device)  # (W,)
-    slots = torch.arange(start, start + cache.width, device=cache.k.device)  # (W,)
-    see_until = slots.clone()
-    if extra_bidirectional and len(extra) > 1:
-        see_until[n - len(extra):n] = start + n - 1  # the extra block sees itself whole
-    logits = compiled_decode_step(model, cache.width)(model, cache, idx, slots, see_until)  # (W, vocab_size)
-    cache.length = start + n
-    return logits[n - len(extra) - 1:n]
+@torch.no_grad()
+def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vocab, gamma, temperature=0.0,
+                         top_k=None, generator=None, compiled=False):
+    """Speculative decoding (Leviathan et al. 2023): the small draft model proposes gamma tokens
+    one pass each, the target verifies all of them in one pass (accept_drafts). Lossless: at
+    temperature 0 the output is the target's greedy output, above it the target's distribution.
+    Both caches hold a prefix of the accepted sequence; rejected drafts are cut off."""
+    check_prompt(prompt_ids, target)
+    check_k(gamma, target, "gamma")
+    if draft.config.block_size < target.config.block_size:
+        raise UserError("the draft model's context is shorter than the target's: train it with the same block_size")
+    t_cache, d_cache = new_cache(target), new_cache(draft)
+    out, seq = Generation(tokens=[]), list(prompt_ids)
+    while len(seq) < target.config.block_size:
+        g = min(gamma, target.config.block_size - len(seq) - 1, max_new_tokens - len(out.tokens) - 1)
+        drafts, draft_probs = [], []
+        for _ in range(g):  # the draft feeds its last draft and, after a full acceptance, the token after it
+            logits = forward_new(draft, d_cache, seq + drafts, width=2 if compiled else None)[-1]
+            out.n_draft_forward += 1
+            q = token_probs(logits, temperature, top_k, n_vocab) if temperature > 0 else None  # (n_vocab,)
+            drafts.append(int(torch.multinomial(q, 1, generator=generator)) if temperature > 0
+                          else int(torch.argmax(logits[:n_vocab])))
+            draft_probs.append(q)
+        logits = forward_new(target, t_cache, seq, drafts, width=gamma + 1 if compiled else None)  # (g + 1, V)
+        out.n_forward += 1
+        n, token = accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, generator)
+        t_cache.truncate(len(seq) + n)                       # roll back the rejected drafts
+        d_cache.truncate(min(d_cache.length, len(seq) + n))
+        chunk = drafts[:n] + [token]
+        if out.emit(chunk, eos_id, max_new_tokens, drafted=g, accepted=n):
+            break
+        seq += chunk
+    return out
 
 
 def accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, generator=None):
@@ -185,107 +180,6 @@ def accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, gene
 
 
 @torch.no_grad()
-def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature=0.0, top_k=None,
-                 use_cache=True, generator=None, compiled=False):
-    """Next-token prediction: one token per forward pass, until EOS, max_new_tokens or a full context.
-    `compiled` (every strategy): fixed-shape passes through torch.compile, same tokens."""
-    check_prompt(prompt_ids, model)
-    device = model.lm_head.weight.device
-    cache = new_cache(model, 1 if compiled else None) if use_cache else None
-    out, seq = Generation(tokens=[]), list(prompt_ids)
-    while len(seq) < model.config.block_size:
-        if use_cache:
-            logits = forward_new(model, cache, seq)[-1]  # feeds only the tokens the cache has not seen
-        else:
-            logits = model(torch.tensor([seq], device=device))[0][0, -1]  # re-reads the whole sequence
-        out.n_forward += 1
-        token = pick_token(logits, temperature, top_k, n_vocab, generator)
-        if out.emit([token], eos_id, max_new_tokens):
-            break
-        seq.append(token)
-    return out
-
-
-def check_k(k, model, name="k"):
-    if k < 1:
-        raise UserError(f"{name} must be >= 1, got {k}")
-    if k >= model.config.block_size:
-        raise UserError(f"{name}={k} does not fit the model's context of {model.config.block_size} tokens")
-
-
-@torch.no_grad()
-def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, tau=None, bidirectional=False,
-                 compiled=False):
-    """Multi-token prediction with the student's <MTP> mask (paper Sec. 3.4 and 4.5-4.6).
-
-    Every forward pass feeds the newly accepted tokens plus k-1 masks and reads k greedy
-    predictions from the last k positions (the last real token predicts token 1, mask j
-    predicts token j+1). Static k (tau=None) emits all k. ConfAdapt(tau) emits the longest
-    leading run whose confidence (max softmax) is >= tau, always at least one token.
-    The masks' cache entries are stale once their tokens are known, so the cache is cut back
-    to the last real token; the accepted tokens are fed as real tokens on the next pass.
-    `bidirectional`: the student was distilled with masks that see each other both ways."""
-    check_prompt(prompt_ids, model)
-    check_k(k, model)
-    if tau is not None and not 0 < tau <= 1:
-        raise UserError(f"tau must be in (0, 1], got {tau}")
-    cache = new_cache(model, 2 * k - 1 if compiled else None)  # the last pass's <= k tokens and k-1 masks
-    out, seq = Generation(tokens=[]), list(prompt_ids)
-    while len(seq) < model.config.block_size:
-        n_masks = min(k, model.config.block_size - len(seq)) - 1  # emitted tokens stay inside the context
-        logits = forward_new(model, cache, seq, [mask_id] * n_masks,
-                             extra_bidirectional=bidirectional)  # (n_masks + 1, vocab_size)
-        out.n_forward += 1
-        cache.truncate(len(seq))  # forget the masks' keys/values
-        confidence, tokens = torch.softmax(logits[:, :n_vocab].float(), dim=-1).max(dim=-1)  # (n_masks + 1,)
-        n_emit = n_masks + 1
-        if tau is not None:  # ConfAdapt: stop before the first position below tau
-            below = (confidence < tau).nonzero()
-            n_emit = max(1, int(below[0]) if len(below) else n_emit)
-        chunk = tokens[:n_emit].tolist()
-        if out.emit(chunk, eos_id, max_new_tokens):
-            break
-        seq += chunk
-    return out
-
-
-@torch.no_grad()
-def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vocab, gamma, temperature=0.0,
-                         top_k=None, generator=None, compiled=False):
-    """Speculative decoding (Leviathan et al. 2023): the small draft model proposes gamma tokens
-    one pass each, the target verifies all of them in one pass (accept_drafts). Lossless: at
-    temperature 0 the output is the target's greedy output, above it the target's distribution.
-    Both caches hold a prefix of the accepted sequence; rejected drafts are cut off."""
-    check_prompt(prompt_ids, target)
-    check_k(gamma, target, "gamma")
-    if draft.config.block_size < target.config.block_size:
-        raise UserError("the draft model's context is shorter than the target's: train it with the same block_size")
-    # Compiled: the target feeds its token and <= gamma drafts; the draft its last draft and the token after.
-    t_cache, d_cache = new_cache(target, gamma + 1 if compiled else None), new_cache(draft, 2 if compiled else None)
-    out, seq = Generation(tokens=[]), list(prompt_ids)
-    while len(seq) < target.config.block_size:
-        g = min(gamma, target.config.block_size - len(seq) - 1, max_new_tokens - len(out.tokens) - 1)
-        drafts, draft_probs = [], []
-        for _ in range(g):
-            logits = forward_new(draft, d_cache, seq + drafts)[-1]
-            out.n_draft_forward += 1
-            q = token_probs(logits, temperature, top_k, n_vocab) if temperature > 0 else None  # (n_vocab,)
-            drafts.append(int(torch.multinomial(q, 1, generator=generator)) if temperature > 0
-                          else int(torch.argmax(logits[:n_vocab])))
-            draft_probs.append(q)
-        logits = forward_new(target, t_cache, seq, drafts)  # (g + 1, vocab_size): all drafts in one pass
-        out.n_forward += 1
-        n, token = accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, generator)
-        t_cache.truncate(len(seq) + n)                       # roll back the rejected drafts
-        d_cache.truncate(min(d_cache.length, len(seq) + n))
-        chunk = drafts[:n] + [token]
-        if out.emit(chunk, eos_id, max_new_tokens, drafted=g, accepted=n):
-            break
-        seq += chunk
-    return out
-
-
-@torch.no_grad()
 def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, compiled=False):
     """Self-speculative MTP (blockwise parallel decoding, Stern et al. 2018; one of the paper's
     directions for future research, Sec. 6). One pass of the student feeds: the new real tokens,
@@ -294,13 +188,14 @@ def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab
     which sit after the last draft, are the next drafts. Lossless: the output is the student's own k=1 greedy output."""
     check_prompt(prompt_ids, model)
     check_k(k, model)
-    cache = new_cache(model, 2 * k - 1 if compiled else None)  # a token, <= k-1 drafts, <= k-1 masks
+    cache = new_cache(model)
     out, seq, drafts = Generation(tokens=[]), list(prompt_ids), []
     while len(seq) < model.config.block_size:
         room = min(model.config.block_size - len(seq), max_new_tokens - len(out.tokens)) - 1  # drafts + masks
         drafts = drafts[:room]
         n_masks = min(k - 1, room - len(drafts))
-        logits = forward_new(model, cache, seq, drafts + [mask_id] * n_masks)  # (len(drafts) + n_masks + 1, V)
+        logits = forward_new(model, cache, seq, drafts + [mask_id] * n_masks,
+                             width=2 * k - 1 if compiled else None)  # (len(drafts) + n_masks + 1, V)
         out.n_forward += 1
         n, token = accept_drafts(logits[:len(drafts) + 1], drafts, None, 0, None, n_vocab)
         cache.truncate(len(seq) + n)  # keep the accepted drafts, forget rejected ones and the masks
@@ -323,18 +218,18 @@ def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id
     teacher's greedy output; the student only decides how many passes it takes."""
     check_prompt(prompt_ids, target)
     check_k(k, target)
-    # Compiled: the target feeds its token and <= k drafts; the student <= k + 1 tokens and k-1 masks.
-    t_cache, s_cache = new_cache(target, k + 1 if compiled else None), new_cache(student, 2 * k if compiled else None)
+    t_cache, s_cache = new_cache(target), new_cache(student)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < target.config.block_size:
         g = min(k, target.config.block_size - len(seq) - 1, max_new_tokens - len(out.tokens) - 1)
         drafts = []
-        if g > 0:
-            s_logits = forward_new(student, s_cache, seq, [mask_id] * (g - 1))  # (g, vocab_size)
+        if g > 0:  # the student feeds <= k + 1 new tokens and k-1 masks
+            s_logits = forward_new(student, s_cache, seq, [mask_id] * (g - 1),
+                                   width=2 * k if compiled else None)  # (g, vocab_size)
             out.n_draft_forward += 1
             s_cache.truncate(len(seq))  # the masks are stale
             drafts = s_logits[:, :n_vocab].argmax(-1).tolist()
-        logits = forward_new(target, t_cache, seq, drafts)  # (g + 1, vocab_size)
+        logits = forward_new(target, t_cache, seq, drafts, width=k + 1 if compiled else None)  # (g + 1, V)
         out.n_forward += 1
         n, token = accept_drafts(logits, drafts, None, 0, None, n_vocab)
         t_cache.truncate(len(seq) + n)
@@ -345,28 +240,89 @@ def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id
     return out
 
 
-def load_for_decoding(path, device, kinds=("teacher", "draft", "student")):
-    """(model, tokenizer, checkpoint dict) of a checkpoint, ready to decode."""
-    ckpt = load_checkpoint(path, kinds=kinds, device=device)
-    return model_from_checkpoint(ckpt, device), tokenizer_from_checkpoint(ckpt), ckpt
+# --------------------------------------------------------------------------------------
+# What the strategies share: the cache, picking a token, checks.
+
+def new_cache(model):
+    """An empty KV cache for one generation, on the model's device and in its dtype."""
+    return KVCache(model.config, 1, model.lm_head.weight.device, model.lm_head.weight.dtype)
 
 
-def check_same_tokenizer(ckpt, other, path, other_path):
-    if ckpt["tokenizer_md5"] != other["tokenizer_md5"]:
-        raise UserError(f"{other_path} and {path} were trained with different tokenizers: "
-                        f"a draft must speak the target's vocabulary")
+def forward_new(model, cache, seq, extra=(), bidirectional=False, width=None):
+    """The one piece of KV-cache logic every strategy shares. The cache holds the keys/values
+    of the first cache.length tokens of `seq` (accepted tokens); feed the rest of `seq`, then
+    `extra` (drafts or <MTP> masks), at the positions that follow. Returns the logits of the
+    last len(extra) + 1 tokens, (len(extra) + 1, vocab_size): row j predicts the token after
+    seq + extra[:j]. Rolling back rejected drafts or stale masks is then `cache.truncate(...)`.
+    The attention is causal, unless `bidirectional`: then the extra tokens also see each other
+    both ways (the masks of a student distilled with --bidirectional, read as it was trained).
+    `width` (the compiled path): pad the pass to exactly `width` tokens and run it through
+    torch.compile, which only reuses what it compiled for the same shapes. The padding sits
+    after the real tokens, which never see it, and later passes write over its slots. A pass
+    that does not fit (the prompt, or one that would pad past the context) runs plainly."""
+    start, tokens = cache.length, seq[cache.length:] + list(extra)
+    n = len(tokens)
+    run = model
+    if width is not None and n <= width and start + width <= model.config.block_size:
+        tokens, run = tokens + [0] * (width - n), compiled_forward(model, width)
+    device = cache.k.device
+    idx = torch.tensor([tokens], device=device)                       # (1, T)
+    pos = torch.arange(start, start + len(tokens), device=device)     # (T,)
+    attn_mask = None  # the model's default: each token sees the slots up to its own position
+    if bidirectional and len(extra) > 1:
+        attn_mask = torch.arange(model.config.block_size, device=device) <= pos[:, None]  # (T, block_size)
+        attn_mask[n - len(extra):n, start + n - len(extra):start + n] = True  # the extra block sees itself whole
+    logits, _ = run(idx, pos=pos, attn_mask=attn_mask, cache=cache)
+    cache.length = start + n
+    return logits[0, n - len(extra) - 1:n]
 
 
-def student_k(k, ckpt, path, flag="--k"):
-    """k for a student: default its k_max; more positions than it was trained on is refused
-    (masks past k_max were never trained, so their guesses would be noise)."""
-    if k is None:
-        return ckpt["k_max"]
-    if k > ckpt["k_max"]:
-        raise UserError(f"{flag} {k} is more than the {ckpt['k_max']} positions {path} was trained to predict: "
-                        f"use {flag} {ckpt['k_max']} or less")
-    return k
+@functools.cache
+def compiled_forward(model, width):
+    """The model's forward through torch.compile, for passes of `width` tokens. Dynamo keeps the
+    graphs it compiled for one function together and checks them in turn on every call; with a
+    bench's twenty or so models and widths, that check would cost more than a small model's
+    pass. A copy of the function per model and width keeps it to one graph and one check."""
+    def forward(idx, pos, attn_mask, cache):
+        return model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
+    code = forward.__code__.replace(co_name=f"forward_width_{width}")
+    return torch.compile(types.FunctionType(code, forward.__globals__, closure=forward.__closure__), dynamic=False)
 
+
+def token_probs(logits, temperature, top_k, n_vocab):
+    """The sampling distribution (..., n_vocab): softmax(logits / temperature) over the top_k
+    tokens. Ids from n_vocab on are padding slots (and the <MTP> mask): never emitted."""
+    logits = logits[..., :n_vocab].float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, n_vocab), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def pick_token(logits, temperature, top_k, n_vocab, generator=None):
+    """The next token from (vocab_size,) logits: argmax at temperature 0, else a sample."""
+    if temperature == 0:
+        return int(torch.argmax(logits[:n_vocab]))
+    return int(torch.multinomial(token_probs(logits, temperature, top_k, n_vocab), 1, generator=generator))
+
+
+def check_prompt(prompt_ids, model):
+    if len(prompt_ids) == 0:
+        raise UserError("the prompt is empty: give some text to continue")
+    if len(prompt_ids) >= model.config.block_size:
+        raise UserError(f"the prompt is {len(prompt_ids)} tokens but the model's context holds "
+                        f"{model.config.block_size}: shorten the prompt")
+
+
+def check_k(k, model, name="k"):
+    if k < 1:
+        raise UserError(f"{name} must be >= 1, got {k}")
+    if k >= model.config.block_size:
+        raise UserError(f"{name}={k} does not fit the model's context of {model.config.block_size} tokens")
+
+
+# --------------------------------------------------------------------------------------
+# The command line.
 
 def show_chunks(enc, out, eos_id):
     """Each step's tokens in brackets, then how many. Speculative steps show the accepted
@@ -383,7 +339,7 @@ def show_chunks(enc, out, eos_id):
     return "".join(pieces)
 
 
-def main():
+def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--ckpt", default="out/teacher.pt", help="checkpoint to decode with")
     p.add_argument("--prompt", required=True, default=argparse.SUPPRESS,
@@ -405,13 +361,16 @@ def main():
     p.add_argument("--show-chunks", action="store_true", help="mark the tokens of each step")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--compile", action="store_true", help="fixed-shape passes through torch.compile: the same "
-                   "tokens, the first passes waiting for the compiler (README: what it gains)")
+                   "tokens, the first passes waiting for the compiler (docs/results.md: what it gains)")
     p.add_argument("--seed", type=int, default=1337, help="seeds sampling (temperature > 0)")
     args = p.parse_args()
     check_flags(args, positive=("max_new_tokens",), non_negative=("temperature",))
     if args.top_k is not None and args.top_k < 1:
         raise UserError(f"--top_k must be >= 1, got {args.top_k}")
+    return args
 
+
+def main(args):
     device = pick_device(args.device)
     model, enc, ckpt = load_for_decoding(args.ckpt, device)
     if args.draft and ckpt["kind"] != "teacher":
@@ -469,6 +428,6 @@ def main():
 
 if __name__ == "__main__":
     try:
-        main()
+        main(parse_args())
     except UserError as e:
         sys.exit(f"error: {e}")

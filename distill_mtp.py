@@ -28,25 +28,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common import HelpFormatter, UserError, check_flags, load_checkpoint, model_from_checkpoint, tokenizer_from_checkpoint
 from data.tokenizer import EOT
-from model import (HelpFormatter, UserError, add_mask_token, causal_mask, check_flags, load_checkpoint,
-                   model_from_checkpoint, tokenizer_from_checkpoint)
-from training import (add_training_flags, any_process_stopped, autocast_context, finish, get_batch, get_lr,
-                      load_tokens, open_run, parse_with_presets, restore_run, save_run, settings_line,
-                      setup_processes, stop_on_signals, train_step, wrap_model)
+from model import add_mask_token
+from training import (add_training_flags, all_ranks_mean, any_process_stopped, autocast_context, finish, get_batch,
+                      get_lr, load_tokens, open_run, parse_with_presets, restore_run, save_run, settings_line,
+                      setup_processes, stop_on_signals, wrap_model)
 
 PRESETS = {
     # Denser prediction points than the paper's N / (2 k_max): each block adds only k-1 tokens
     # to a pass that reads the whole window anyway, so more points is more signal per second.
     # prefix_loss=3.0 is our one departure from the paper's main setting (which found a prefix
-    # loss did not help its 4B-8B models): our 0.9M-parameter student forgets its next-token
-    # skill without it, at any learning rate that teaches it the masks in minutes. 900 steps
-    # each, 200 held-out problems (teacher: 94.0%), k = 1 accuracy / ConfAdapt(0.9) accuracy at
-    # tokens per pass:  lr 5e-4, no prefix loss (the paper): 71.0 / 56.5 at 1.57;
-    # lr 1e-4, none: 86.0 / 77.5 at 1.01 (learns no masks); lr 5e-4, prefix 1.0: 87.5 / 68.0
-    # at 1.58 (the teacher's argmax as prefix target instead of the data's: 88.5 / 68.0);
-    # lr 1.5e-3, prefix 1.0: 87.5 / 75.0 at 2.19; lr 1.5e-3, prefix 3.0: 93.5 / 77.5 at 2.16;
-    # lr 3e-3, prefix 3.0: 88.0 / 71.5 at 2.37. `--prefix_loss 0` is the paper.
+    # loss did not help its 4B-8B models): our small student forgets its next-token skill
+    # without it, at any learning rate that teaches it the masks in minutes (docs/notebook.md).
+    # `--prefix_loss 0` is the paper.
     "cpu": dict(batch_size=8, grad_accum=1, max_iters=2400, lr=1.5e-3, min_lr=1.5e-4, warmup_iters=100, points=32,
                 prefix_loss=3.0, bf16=True),
     "gpu": dict(batch_size=64, grad_accum=1, max_iters=4000, lr=3e-4, min_lr=3e-5, warmup_iters=200,
@@ -95,6 +90,14 @@ def prediction_points(seq_len, k, n_points, offset):
     return points[points + k <= seq_len]
 
 
+def draw_block(k_min, k_max, seq_len, n_points, k_gen, offset_gen):
+    """A step's k ~ U[k_min, k_max] and its prediction points, evenly spaced from a random offset
+    (paper Sec. 4.4: every block size is trained, at every place in the window)."""
+    k = int(torch.randint(k_min, k_max + 1, (1,), generator=k_gen))
+    stride = max(1, seq_len // n_points)
+    return k, prediction_points(seq_len, k, n_points, int(torch.randint(stride, (1,), generator=offset_gen)))
+
+
 def mtp_layout(seq_len, k, points, bidirectional=False):
     """
     seq_len: N ground-truth tokens; points: (M,) prediction points; k: tokens per block.
@@ -108,10 +111,11 @@ def mtp_layout(seq_len, k, points, bidirectional=False):
     N, M, b = seq_len, len(points), k - 1  # b masks per block
     L = N + M * b
     mask = torch.zeros(L, L, dtype=torch.bool)
-    mask[:N, :N] = causal_mask(N)
+    mask[:N, :N] = torch.ones(N, N, dtype=torch.bool).tril()  # the ground truth: causal
     pos = [torch.arange(N)]
     read = torch.empty(M, k, dtype=torch.long)
-    within = torch.ones(b, b, dtype=torch.bool) if bidirectional else causal_mask(b)
+    within = torch.ones(b, b, dtype=torch.bool)
+    within = within if bidirectional else within.tril()
     for m, i in enumerate(points.tolist()):
         s = N + m * b  # block m's first slot in the layout
         pos.append(torch.arange(i + 1, i + k))
@@ -207,13 +211,21 @@ def validate(student, teacher, val_data, val_starts, n_points, mask_id, n_vocab,
     return sum(losses) / len(losses), agree
 
 
-def make_student(teacher_ckpt, device, seed):
-    """A copy of the teacher plus the <MTP> token in the first unused vocabulary slot."""
+def load_teacher_and_student(path, device, seed):
+    """The frozen teacher (eval mode, no gradients), its checkpoint and tokenizer, and the
+    student: a copy of it plus the <MTP> token in the first unused vocabulary slot."""
+    teacher_ckpt = load_checkpoint(path, kinds=("teacher",), device=device)
+    teacher = model_from_checkpoint(teacher_ckpt, device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
     enc = tokenizer_from_checkpoint(teacher_ckpt)
     mask_id = enc.n_vocab  # ids below are the tokenizer's own; the slots from here on are free
     student = model_from_checkpoint(teacher_ckpt, device)
-    add_mask_token(student, mask_id, torch.Generator().manual_seed(seed))
-    return student, mask_id, enc
+    try:
+        add_mask_token(student, mask_id, torch.Generator().manual_seed(seed))
+    except ValueError as e:
+        raise UserError(f"{e}: train the teacher with the padded vocabulary data/prepare.py writes") from None
+    return teacher, teacher_ckpt, enc, student, mask_id
 
 
 def main(args):
@@ -222,28 +234,21 @@ def main(args):
     log(settings_line(args))
     torch.manual_seed(args.seed)
 
-    teacher_ckpt = load_checkpoint(args.teacher, kinds=("teacher",), device=procs.device)
-    teacher = model_from_checkpoint(teacher_ckpt, procs.device)  # frozen: eval mode, no gradients
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    student, mask_id, enc = make_student(teacher_ckpt, procs.device, args.seed)
-    data_dir = os.path.dirname(teacher_ckpt["tokenizer"])
-    eot_id = enc.encode(EOT, allowed_special={EOT})[0]
+    teacher, teacher_ckpt, enc, student, mask_id = load_teacher_and_student(args.teacher, procs.device, args.seed)
     block_size = teacher.config.block_size
+    if args.k_max >= block_size:
+        raise UserError(f"--k_max {args.k_max} must be smaller than the context ({block_size})")
+    data_dir, eot_id = os.path.dirname(teacher_ckpt["tokenizer"]), enc.encode(EOT, allowed_special={EOT})[0]
     train_data, train_starts = load_tokens(data_dir, "train", eot_id, block_size)
     val_data, val_starts = load_tokens(data_dir, "val", eot_id, block_size)
     n_points = args.points or max(1, block_size // (2 * args.k_max))  # paper: M = N / (2 k_max)
-    if args.k_max >= block_size:
-        raise UserError(f"--k_max {args.k_max} must be smaller than the context ({block_size})")
     loss_settings = dict(supervision=args.supervision, teacher_readout=args.teacher_readout,
                          prefix_loss=args.prefix_loss, bidirectional=args.bidirectional)
 
     optimizer = student.configure_optimizers(args.weight_decay, args.lr, (0.9, 0.95), procs.device_type)
     # Three independent random streams: the data, k, and the points' offset. (Drawing k and the
     # offset from one stream correlates them, so some offsets would only ever meet some k.)
-    data_gen = torch.Generator().manual_seed(args.seed)
-    k_gen = torch.Generator().manual_seed(args.seed + 1)
-    offset_gen = torch.Generator().manual_seed(args.seed + 2)
+    data_gen, k_gen, offset_gen = (torch.Generator().manual_seed(args.seed + i) for i in range(3))
     generators = {"data_gen": data_gen, "k_gen": k_gen, "offset_gen": offset_gen}
     step, loss_log, agreement_log = 0, [], []  # the loss of every step; agreement at every validation
     ckpt = open_run(args, "student", procs, log)
@@ -255,9 +260,11 @@ def main(args):
     raw_student, student = student, wrap_model(student, args, procs)
     autocast = autocast_context(procs.device_type, args.bf16)
 
-    def evaluate():  # the student's val loss and agreement now
-        return validate(raw_student, teacher, val_data, val_starts, n_points, mask_id, enc.n_vocab, loss_settings,
-                        args, procs.device, autocast)
+    def validate_and_log():  # the student's val loss and agreement now, kept in agreement_log
+        val_loss, agree = validate(raw_student, teacher, val_data, val_starts, n_points, mask_id, enc.n_vocab,
+                                   loss_settings, args, procs.device, autocast)
+        agreement_log.append({"step": step, "val_loss": val_loss, "agreement": [round(a, 4) for a in agree.tolist()]})
+        return val_loss, " ".join(f"{a:.2f}" for a in agree.tolist())
 
     def checkpoint(val_loss):
         save_run(args.out, raw_student, "student", teacher_ckpt["tokenizer"], step, optimizer, generators, loss_log,
@@ -271,46 +278,53 @@ def main(args):
         f" -> {args.out}")
     stop = stop_on_signals()
     bar = tqdm(total=args.max_iters, initial=step, desc="student", disable=not procs.master, dynamic_ncols=True)
-    t0, first_step, val_loss = time.time(), step, float("nan")
-    # Validate at step 0 too (the starting agreement is the first point of the curves); a resumed
-    # checkpoint was validated at its step already.
-    evaluated_at = step if args.resume else -1
+    t0, first_step = time.time(), step
+    evaluated_at = step if args.resume else -1  # validate at step 0 too: the curves' first point
+    mine = range(procs.rank, args.grad_accum, procs.world)  # the micro-batches of this process
     while step < args.max_iters and not any_process_stopped(stop, procs):
         if step % args.eval_interval == 0 and step != evaluated_at and procs.master:
-            val_loss, agree = evaluate()
-            agreement_log.append({"step": step, "val_loss": val_loss,
-                                  "agreement": [round(a, 4) for a in agree.tolist()]})
-            bar.write(f"step {step}: val loss {val_loss:.4f}, agreement with the teacher by block position "
-                      + " ".join(f"{a:.2f}" for a in agree.tolist()))
+            val_loss, agreement = validate_and_log()
+            bar.write(f"step {step}: val loss {val_loss:.4f}, agreement with the teacher by block position {agreement}")
             if step > 0:
                 checkpoint(val_loss)
 
+        # One optimizer step: one k and one set of prediction points for the whole global batch.
         lr = get_lr(step, args)
-        k = int(torch.randint(args.k_min, args.k_max + 1, (1,), generator=k_gen))
-        stride = max(1, block_size // n_points)
-        points = prediction_points(block_size, k, n_points, int(torch.randint(stride, (1,), generator=offset_gen)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        k, points = draw_block(args.k_min, args.k_max, block_size, n_points, k_gen, offset_gen)
         x, y = get_batch(train_data, train_starts, args.batch_size * args.grad_accum, block_size, data_gen)
+        loss_sum, entropy = 0.0, 0.0
+        for i, micro in enumerate(mine):
+            rows = slice(micro * args.batch_size, (micro + 1) * args.batch_size)
+            if procs.ddp:  # all-reduce the gradients only once, after the last micro-batch
+                student.require_backward_grad_sync = i == len(mine) - 1
+            with autocast:
+                loss, stats = distill_loss(student, teacher, x[rows].to(procs.device), y[rows].to(procs.device), k,
+                                           points, mask_id, enc.n_vocab, **loss_settings)
+            (loss / len(mine)).backward()
+            loss_sum += loss.item() / len(mine)
+            entropy += stats["entropy"].item() / len(mine)
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(student.parameters(), args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if procs.ddp:  # log the loss of the whole global batch, as one process would
+            loss_sum = all_ranks_mean(loss_sum, procs.device)
 
-        def block_loss(model, xb, yb):
-            loss, stats = distill_loss(model, teacher, xb, yb, k, points, mask_id, enc.n_vocab, **loss_settings)
-            return loss, {"entropy": stats["entropy"].item()}
-
-        loss, means = train_step(student, optimizer, lr, x, y, block_loss, autocast, args, procs)
         step += 1
-        loss_log.append(loss)
+        loss_log.append(loss_sum)
         bar.update(1)
-        bar.set_postfix(k=k, loss=f"{loss:.3f}", entropy=f"{means['entropy']:.2f}", lr=f"{lr:.1e}")
+        bar.set_postfix(k=k, loss=f"{loss_sum:.3f}", entropy=f"{entropy:.2f}", lr=f"{lr:.1e}")
     bar.close()
 
     if procs.master:
-        val_loss, agree = evaluate()
-        agreement_log.append({"step": step, "val_loss": val_loss, "agreement": [round(a, 4) for a in agree.tolist()]})
+        val_loss, agreement = validate_and_log()
         checkpoint(val_loss)
         seconds = time.time() - t0  # evaluations and compilation included
         windows_per_second = (step - first_step) * args.batch_size * args.grad_accum / seconds
         log(f"{'stopped' if stop else 'done'} at step {step}: val loss {val_loss:.4f}, agreement by position "
-            + " ".join(f"{a:.2f}" for a in agree.tolist()) + f", {windows_per_second * block_size:,.0f} "
-            f"window tokens/s, {seconds / 60:.1f} min -> {args.out}")
+            f"{agreement}, {windows_per_second * block_size:,.0f} window tokens/s, {seconds / 60:.1f} min -> {args.out}")
     del student  # the DDP wrapper holds the process group, which finish() shuts down
     finish(bool(stop), args, procs, log)
 

@@ -20,14 +20,14 @@ import torch
 from tqdm import tqdm
 
 from data.tokenizer import EOT, load_tokenizer, padded_vocab_size
-from model import (GPT, GPTConfig, HelpFormatter, UserError, check_flags, model_from_checkpoint,
-                   tokenizer_from_checkpoint)
-from training import (add_training_flags, any_process_stopped, autocast_context, finish, get_batch, get_lr,
-                      load_tokens, open_run, parse_with_presets, restore_run, save_run, settings_line,
-                      setup_processes, stop_on_signals, train_step, wrap_model)
+from common import HelpFormatter, UserError, check_flags, model_from_checkpoint, tokenizer_from_checkpoint
+from model import GPT, GPTConfig
+from training import (add_training_flags, all_ranks_mean, any_process_stopped, autocast_context, check_memory,
+                      finish, get_batch, get_lr, load_tokens, open_run, parse_with_presets, restore_run, save_run,
+                      settings_line, setup_processes, stop_on_signals, wrap_model)
 
-# Tuned on the 2-core CPU machines this project is developed on (see README for the runs).
-# The draft model has >= 4x fewer parameters than the teacher.
+# teacher and draft fit a 2-core CPU (docs/notebook.md: how the teacher's were chosen); the _gpu
+# presets are one-GPU sizes. The draft model has >= 4x fewer parameters than its teacher.
 PRESETS = {
     "teacher": dict(kind="teacher", out="out/teacher.pt", n_layer=4, n_head=4, n_embd=128,
                     batch_size=16, grad_accum=1, max_iters=5400, lr=4e-3, min_lr=2e-4, warmup_iters=100,
@@ -72,7 +72,7 @@ def question_mask(data, eot_id, marker_ids):
     """True on the tokens of each document up to and including its "Answer:" marker: the
     question, which --loss_on answers leaves out of the loss. Its names and numbers are
     random, yet the presets keep it in: predicting a question that repeats its names is
-    where the model practises copying them (README, "The teacher"). Documents without a
+    where the model practises copying them (docs/notebook.md). Documents without a
     marker keep all tokens."""
     starts = np.concatenate([[0], np.flatnonzero(data == eot_id) + 1])  # every document's first token
     marker = np.flatnonzero((data[:-1] == marker_ids[0]) & (data[1:] == marker_ids[1]))  # "Answer", ":"
@@ -82,6 +82,23 @@ def question_mask(data, eot_id, marker_ids):
     np.add.at(diff, starts[doc[first]], 1)
     np.add.at(diff, marker[first] + 2, -1)
     return np.cumsum(diff[:-1]) > 0
+
+
+def load_data(args, procs):
+    """The tokenizer's path and itself, then for the train and the val split: the token stream,
+    where its documents start, and where --loss_on leaves the loss out (None: nowhere)."""
+    tokenizer_path = os.path.join(args.data_dir, "tokenizer.json")
+    if not os.path.exists(tokenizer_path):
+        raise UserError(f"no tokenizer at {tokenizer_path}: run `python data/prepare.py` first")
+    enc = load_tokenizer(tokenizer_path)
+    check_memory(args, padded_vocab_size(enc), procs)
+    eot_id = enc.encode(EOT, allowed_special={EOT})[0]
+    splits = []
+    for split in ("train", "val"):
+        data, starts = load_tokens(args.data_dir, split, eot_id, args.block_size)
+        no_loss = question_mask(data, eot_id, enc.encode_ordinary("Answer:")) if args.loss_on == "answers" else None
+        splits.append((data, starts, no_loss))
+    return tokenizer_path, enc, *splits
 
 
 @torch.no_grad()
@@ -105,18 +122,9 @@ def main(args):
     log(settings_line(args))
 
     torch.manual_seed(args.seed)
-    tokenizer_path = os.path.join(args.data_dir, "tokenizer.json")
-    if not os.path.exists(tokenizer_path):
-        raise UserError(f"no tokenizer at {tokenizer_path}: run `python data/prepare.py` first")
-    enc = load_tokenizer(tokenizer_path)
-    eot_id = enc.encode(EOT, allowed_special={EOT})[0]
-    train_data, train_starts = load_tokens(args.data_dir, "train", eot_id, args.block_size)
-    val_data, val_starts = load_tokens(args.data_dir, "val", eot_id, args.block_size)
-    train_no_loss = val_no_loss = None
-    if args.loss_on == "answers":
-        marker_ids = enc.encode_ordinary("Answer:")
-        train_no_loss = question_mask(train_data, eot_id, marker_ids)
-        val_no_loss = question_mask(val_data, eot_id, marker_ids)
+    tokenizer_path, enc, train, val = load_data(args, procs)
+    train_data, train_starts, train_no_loss = train
+    val_data, val_starts, val_no_loss = val
 
     # The model: fresh, or the checkpoint we resume from (with its optimizer and data stream).
     ckpt = open_run(args, args.kind, procs, log)
@@ -142,9 +150,6 @@ def main(args):
         save_run(args.out, raw_model, args.kind, tokenizer_path, step, optimizer, {"generator": generator},
                  loss_log, args, val_loss=val_loss)
 
-    def next_token_loss(model, xb, yb):
-        return model(xb, yb)[1], {}
-
     tokens_per_step = args.batch_size * args.grad_accum * args.block_size
     log(f"training {args.max_iters} steps of {tokens_per_step:,} tokens on {procs.device}"
         f"{f' x {procs.world} processes' if procs.ddp else ''}; checkpoint -> {args.out}")
@@ -152,20 +157,39 @@ def main(args):
     bar = tqdm(total=args.max_iters, initial=step, desc=args.kind, disable=not procs.master, dynamic_ncols=True)
     t0, first_step, val_loss = time.time(), step, float("nan")
     evaluated_at = step  # step 0 needs no evaluation; a resumed checkpoint had one at its step
+    mine = range(procs.rank, args.grad_accum, procs.world)  # the micro-batches of this process
     while step < args.max_iters and not any_process_stopped(stop, procs):
         if step % args.eval_interval == 0 and step != evaluated_at and procs.master:
             val_loss = estimate_loss(raw_model, val_data, val_starts, val_no_loss, args, procs.device, autocast)
             bar.write(f"step {step}: val loss {val_loss:.4f}")
             checkpoint(val_loss)
 
+        # One optimizer step on a global batch of batch_size * grad_accum windows.
         lr = get_lr(step, args)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         x, y = get_batch(train_data, train_starts, args.batch_size * args.grad_accum, args.block_size, generator,
                          train_no_loss)  # (batch_size * grad_accum, block_size) each
-        loss, _ = train_step(model, optimizer, lr, x, y, next_token_loss, autocast, args, procs)
+        loss_sum = 0.0
+        for i, micro in enumerate(mine):
+            rows = slice(micro * args.batch_size, (micro + 1) * args.batch_size)
+            if procs.ddp:  # all-reduce the gradients only once, after the last micro-batch
+                model.require_backward_grad_sync = i == len(mine) - 1
+            with autocast:
+                _, loss = model(x[rows].to(procs.device), y[rows].to(procs.device))
+            (loss / len(mine)).backward()
+            loss_sum += loss.item() / len(mine)
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if procs.ddp:  # log the loss of the whole global batch, as one process would
+            loss_sum = all_ranks_mean(loss_sum, procs.device)
+
         step += 1
-        loss_log.append(loss)
+        loss_log.append(loss_sum)
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.1e}")
+        bar.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.1e}")
     bar.close()
 
     if procs.master:

@@ -1,13 +1,8 @@
 """
-The plumbing both training scripts share, written once so that train_ntp.py and distill_mtp.py
-each read top to bottom as the story of one run (their loops stay in plain sight there):
-
-- flags: presets as argparse defaults, so --help shows the values a run will use;
-- the data stream: token files, and batches of windows that start at a document's start;
-- processes and precision: torchrun's data parallel, torch.compile, bf16 autocast;
-- one optimizer step: the micro-batch loop, gradient clipping, the lr schedule;
-- never losing work: Ctrl-C/SIGTERM finish the step and save, checkpoints set aside instead of
-  overwritten, and --resume continues a run exactly where it stopped.
+What the two training scripts share and a reader may skip, so that train_ntp.py and
+distill_mtp.py each read top to bottom as the story of one run, their loops in sight:
+flags and presets, the data stream and the lr schedule, processes and precision, and never
+losing work (Ctrl-C/SIGTERM save, checkpoints set aside instead of overwritten, --resume).
 """
 import argparse
 import contextlib
@@ -24,7 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from model import UserError, check_flags, load_checkpoint, pick_device, save_checkpoint
+from common import UserError, check_flags, load_checkpoint, pick_device, save_checkpoint
 
 # --------------------------------------------------------------------------------------
 # Flags.
@@ -158,8 +153,38 @@ def autocast_context(device_type, bf16):
     return contextlib.nullcontext()
 
 
+def memory_available(device_type):
+    """Bytes of memory the device has (the machine's RAM for CPUs and Apple's unified memory),
+    or None where it cannot be told."""
+    if device_type == "cuda":
+        return torch.cuda.mem_get_info()[1]
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(args, vocab_size, procs):
+    """Refuse a model and batch whose training step cannot fit in memory, before any work: the
+    kernel would kill the run minutes later, without a word. The activations kept for the
+    backward pass grow with every token of the micro-batch: about 24 floats per layer and
+    channel (the attention's and the MLP's inputs and outputs) and 2 per vocabulary entry (the
+    logits and their softmax): a rough count, enough to tell a run that fits from one that
+    cannot."""
+    available = memory_available(procs.device_type)
+    if available is None:
+        return
+    per_token = 4 * (24 * args.n_layer * args.n_embd + 2 * vocab_size)  # bytes, fp32
+    sharing = int(os.environ.get("LOCAL_WORLD_SIZE", 1)) if procs.device_type != "cuda" else 1  # one RAM for all
+    needed = args.batch_size * args.block_size * per_token * sharing
+    if needed > available:
+        raise UserError(f"--block_size {args.block_size} with --batch_size {args.batch_size} needs about "
+                        f"{needed / 2**30:.0f} GiB for one training step, more than the {available / 2**30:.0f} GiB "
+                        f"this machine has: use a smaller --block_size or --batch_size")
+
+
 # --------------------------------------------------------------------------------------
-# One optimizer step.
+# The learning rate, and the loss of a step over every process.
 
 def get_lr(step, args):
     """Linear warm-up, then cosine decay to min_lr (nanoGPT)."""
@@ -167,36 +192,6 @@ def get_lr(step, args):
         return args.lr * (step + 1) / args.warmup_iters
     progress = min(1.0, (step - args.warmup_iters) / max(1, args.lr_decay_iters - args.warmup_iters))
     return args.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (args.lr - args.min_lr)
-
-
-def train_step(model, optimizer, lr, x, y, loss_fn, autocast, args, procs):
-    """One optimizer step on the global batch x, y of (batch_size * grad_accum) rows: this
-    process's share of its micro-batches, gradients summed over them (and all-reduced over the
-    processes by DDP), clipped, applied at learning rate `lr`.
-    loss_fn(model, xb, yb) -> (loss, {name: float}) for one micro-batch of batch_size rows.
-    Returns the step's mean loss over the global batch and this process's mean of the floats."""
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    mine = range(procs.rank, args.grad_accum, procs.world)  # the micro-batches of this process
-    loss_sum, extras = 0.0, {}
-    for i, micro in enumerate(mine):
-        xb = x[micro * args.batch_size:(micro + 1) * args.batch_size].to(procs.device)
-        yb = y[micro * args.batch_size:(micro + 1) * args.batch_size].to(procs.device)
-        if procs.ddp:  # all-reduce the gradients only once, after the last micro-batch
-            model.require_backward_grad_sync = i == len(mine) - 1
-        with autocast:
-            loss, floats = loss_fn(model, xb, yb)
-        (loss / len(mine)).backward()
-        loss_sum += loss.item() / len(mine)
-        for name, value in floats.items():
-            extras[name] = extras.get(name, 0.0) + value / len(mine)
-    if args.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if procs.ddp:  # log the loss of the whole global batch, as one process would
-        loss_sum = all_ranks_mean(loss_sum, procs.device)
-    return loss_sum, extras
 
 
 def all_ranks_mean(value, device):
@@ -305,9 +300,8 @@ def finish(stopped, args, procs, log):
         log(f"continue with: {resume_command(args)}")
     if procs.ddp:
         # Leave together, and only once nothing holds the process group (the caller has dropped
-        # its DDP wrapper). Without both, gloo aborted a rank at exit ("terminate called without
-        # an active exception") in 8 of 100 two-process runs on our CPU (training and
-        # distillation); with the barrier alone in 2 of 40; with both in none of 255.
+        # its DDP wrapper): otherwise gloo can abort a process at exit ("terminate called
+        # without an active exception") while another still shuts down.
         dist.barrier()
         gc.collect()  # in case the wrapper sits in a reference cycle
         dist.destroy_process_group()

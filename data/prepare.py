@@ -139,7 +139,7 @@ def main():
     p.add_argument("--seed", type=int, default=1337, help="seeds the generator (default: %(default)s)")
     p.add_argument("--n_train", type=int, default=100_000, help="synthetic training problems (default: %(default)s)")
     p.add_argument("--n_drill", type=int, default=0, help="synthetic arithmetic drill documents added to the "
-                   "training split, see README (default: %(default)s)")
+                   "training split, see docs/data.md (default: %(default)s)")
     p.add_argument("--n_val", type=int, default=2_000, help="synthetic validation problems (default: %(default)s)")
     p.add_argument("--n_test", type=int, default=1_000,
                    help="synthetic test problems, distinct questions (default: %(default)s)")

@@ -44,7 +44,8 @@ def untrained_teacher(data_dir, path):
     """Save a small random GPT over the dataset at `path` as a teacher checkpoint: the
     distillation tests check mechanics, which need no trained teacher. Returns `path`."""
     from data.tokenizer import load_tokenizer, padded_vocab_size
-    from model import GPT, save_checkpoint
+    from common import save_checkpoint
+    from model import GPT
     tokenizer = str(data_dir / "tokenizer.json")
     config = GPTConfig(**{**TINY.__dict__, "vocab_size": padded_vocab_size(load_tokenizer(tokenizer))})
     save_checkpoint(str(path), GPT(config), "teacher", tokenizer)

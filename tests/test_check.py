@@ -138,7 +138,7 @@ def test_bench_scores_form_and_arithmetic_apart(tiny_data):
     """bench.run_bench with two fake strategies: one writes the reference answers, one the same
     answers with a wrong '####' line (ill-formed and wrong, though every step is right)."""
     import json
-    from bench import run_bench
+    from bench import Strategy, run_bench
     from data.tokenizer import EOT, load_tokenizer
     from decode import Generation
     enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
@@ -151,10 +151,9 @@ def test_bench_scores_form_and_arithmetic_apart(tiny_data):
             text = " " + change(answer_of[tuple(prompt_ids)])
             return Generation(tokens=enc.encode_ordinary(text) + [eos], n_forward=1)
         return decode
-    sizes = dict(sizes=(1, 0), large=(1, 0))
-    rows = run_bench([dict(model="m", strategy="reference", family="ntp", n=10, decode=writes(lambda a: a), **sizes),
-                      dict(model="m", strategy="wrong final", family="ntp", n=10,
-                           decode=writes(lambda a: a.rsplit("#### ", 1)[0] + "#### 1000"), **sizes)], tests, enc)
+    rows, _ = run_bench([Strategy("m", "reference", "ntp", writes(lambda a: a), 10, (1, 0), (1, 0)),
+                         Strategy("m", "wrong final", "ntp", writes(lambda a: a.rsplit("#### ", 1)[0] + "#### 1000"),
+                                  10, (1, 0), (1, 0))], tests, enc)
     assert [(r["accuracy"], r["well_formed"], r["steps_right"]) for r in rows] == [(100, 100, 100), (0, 0, 100)]
 
 
@@ -169,7 +168,7 @@ def test_accuracy_intervals_are_wilson_95(correct, n, interval):
 
 
 def test_accuracy_is_read_off_a_curve_at_matched_tokens_per_forward():
-    from bench import accuracy_at
+    from report import accuracy_at
     curve = [dict(tokens_per_forward=t, accuracy=a) for t, a in ((3.0, 40.0), (1.0, 90.0), (2.0, 70.0))]
     assert accuracy_at(curve, 1.5) == 80.0 and accuracy_at(curve, 2.5) == 55.0 and accuracy_at(curve, 2.0) == 70.0
     assert accuracy_at(curve, 3.5) is None and accuracy_at(curve, 0.5) is None
@@ -181,7 +180,7 @@ def test_the_modelled_speedup_counts_the_parameters_read(tiny_data):
     teacher passes -> 2.25x; 4*8e9 + 8*1e9 = 5 8B passes -> 2.4x. The draft alone, 12 passes:
     2 or 1.5 teacher passes -> 6x or 8x. MTP-drafted, 4 + 4 passes of teacher-sized models -> 1.5x.
     The student, 4 passes (its masks ride along for free) -> 3x."""
-    from bench import run_bench
+    from bench import Strategy, run_bench
     from data.tokenizer import EOT, load_tokenizer
     from decode import Generation
     enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
@@ -191,8 +190,8 @@ def test_the_modelled_speedup_counts_the_parameters_read(tiny_data):
     def fake(model, n_forward, n_draft_forward, sizes, large):
         decode = lambda ids: Generation(tokens=list(range(11)) + [eos], n_forward=n_forward,  # noqa: E731
                                         n_draft_forward=n_draft_forward)
-        return dict(model=model, strategy="-", family="ntp", n=1, decode=decode, sizes=sizes, large=large)
-    rows = run_bench([fake("teacher", 12, 0, (6, 0), (8e9, 0)), fake("teacher + draft", 4, 8, (6, 1), (8e9, 1e9)),
+        return Strategy(model, "-", "ntp", decode, 1, sizes, large)
+    rows, _ = run_bench([fake("teacher", 12, 0, (6, 0), (8e9, 0)), fake("teacher + draft", 4, 8, (6, 1), (8e9, 1e9)),
                       fake("draft", 12, 0, (1, 0), (1e9, 0)), fake("teacher + student", 4, 4, (6, 6), (8e9, 8e9)),
                       fake("student", 4, 0, (6, 0), (8e9, 0))], problem, enc)
     assert [(r["modelled_ours"], r["modelled_large"]) for r in rows] == \

@@ -9,7 +9,8 @@ from conftest import MASK, N_VOCAB, TINY, TINY_RUN, TORCHRUN_2, run_script, untr
 from data.tokenizer import load_tokenizer
 from decode import generate_mtp, generate_ntp
 from distill_mtp import distill_loss, mtp_layout, prediction_points
-from model import GPT, UserError, add_mask_token, load_checkpoint
+from common import UserError, load_checkpoint
+from model import GPT, add_mask_token
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def test_the_mask_token_gets_a_typical_embedding_and_nothing_else_changes(pair):
     assert torch.equal(wte_s[:MASK], wte_t[:MASK])  # the real tokens are untouched
     assert (wte_s[MASK] - wte_t[:MASK].mean(0)).abs().mean() < 3 * wte_t[:MASK].std(0).mean()
     assert not torch.equal(wte_s[MASK], wte_t[MASK])
-    with pytest.raises(UserError, match="no free vocabulary slot"):
+    with pytest.raises(ValueError, match="no free vocabulary slot"):
         add_mask_token(student, TINY.vocab_size)
 
 

@@ -9,7 +9,9 @@ import torch
 
 from conftest import ROOT, run_script
 from data.tokenizer import load_tokenizer, padded_vocab_size
-from model import GPT, GPTConfig, save_checkpoint
+from common import save_checkpoint
+from model import GPT, GPTConfig
+from training import memory_available
 
 
 def error_table():
@@ -39,7 +41,8 @@ def places(tiny_data, tmp_path_factory):
     p = {"DIR": str(d), "DATA": str(tiny_data), "TEACHER": str(d / "teacher.pt"), "DRAFT": str(d / "draft.pt"),
          "STUDENT": str(d / "student.pt"), "CORRUPT": str(d / "corrupt.pt"), "STRANGER": str(d / "stranger.pt"),
          "CHANGED": str(d / "changed.pt"), "MOVED": str(d / "moved.pt"), "BAD_JSONL": str(d / "bad.jsonl"),
-         "SHORT_RUN": str(d / "short_run.pt"), "LONG": "many words " * 40}
+         "SHORT_RUN": str(d / "short_run.pt"), "LONG": "many words " * 40, "NO_FIELDS": str(d / "no_fields.jsonl"),
+         "MEMORY": f"{memory_available('cpu') / 2**30:.0f}"}
     save_checkpoint(p["TEACHER"], model, "teacher", tokenizer)
     save_checkpoint(p["DRAFT"], model, "draft", tokenizer)
     save_checkpoint(p["STUDENT"], model, "student", tokenizer, mask_id=enc.n_vocab, k_max=4, bidirectional=False,
@@ -54,6 +57,7 @@ def places(tiny_data, tmp_path_factory):
     save_checkpoint(p["MOVED"], model, "teacher", tokenizer_copy("moved"))
     os.remove(d / "moved" / "tokenizer.json")
     open(p["BAD_JSONL"], "w").write('{"question": "a", "answer": "b"}\nnot json\n')
+    open(p["NO_FIELDS"], "w").write('{"text": "Mia has 3 apples."}\n')
     r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", p["SHORT_RUN"], "--max_iters", "2",
                    "--eval_iters", "1", "--device", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -84,5 +88,6 @@ def test_the_table_covers_every_kind_of_bad_input():
                  "final learning rate above the peak", "dropout of 1", "negative warm-up",
                  "seed too large", "no steps", "negative prefix loss", "longer than the teacher's context",
                  "no new tokens", "among no tokens", "bench of no problems", "gamma of 0", "never fill",
-                 "smaller than the bytes", "no training problems"):
+                 "smaller than the bytes", "no training problems", "without questions and answers",
+                 "too long for memory"):
         assert case in tried, case

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import TINY_RUN, TORCHRUN_2, run_script, untrained_teacher
-from model import load_checkpoint
+from common import load_checkpoint
 
 # Runs a training script with one thing changed: at the `at`-th call of a function every step
 # (or every checkpoint write) makes, the process signals itself. The signal is real; only the

@@ -5,8 +5,8 @@ import torch
 from conftest import TINY, run_script
 from data.tokenizer import load_tokenizer, padded_vocab_size
 from decode import generate_ntp
-from model import (GPT, GPTConfig, KVCache, UserError, load_checkpoint, model_from_checkpoint,
-                   save_checkpoint, tokenizer_from_checkpoint)
+from common import UserError, load_checkpoint, model_from_checkpoint, save_checkpoint, tokenizer_from_checkpoint
+from model import GPT, GPTConfig, KVCache
 
 
 @pytest.fixture
@@ -20,24 +20,31 @@ def test_cached_forward_equals_uncached(model, chunks):
     idx = torch.randint(0, TINY.vocab_size, (2, sum(chunks)))
     full, _ = model(idx)
     cache, pieces, start = KVCache(TINY, batch_size=2), [], 0
-    for n in chunks:  # feed the same sequence in pieces through the cache
-        pieces.append(model(idx[:, start:start + n], cache=cache)[0])
+    for n in chunks:  # feed the same sequence in pieces through the cache, each at its positions
+        pieces.append(model(idx[:, start:start + n], pos=torch.arange(start, start + n), cache=cache)[0])
         start += n
-    assert cache.length == sum(chunks)
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_truncated_cache_is_overwritten_like_a_fresh_one(model):
+def test_stale_slots_are_overwritten_like_a_fresh_cache(model):
     idx = torch.randint(0, TINY.vocab_size, (1, 30))
     rejected = torch.randint(0, TINY.vocab_size, (1, 5))
     cache = KVCache(TINY)
-    model(idx[:, :20], cache=cache)
-    model(rejected, cache=cache)  # e.g. a rejected speculative draft ...
-    cache.truncate(20)            # ... rolled back
-    after, _ = model(idx[:, 20:], cache=cache)
+    model(idx[:, :20], pos=torch.arange(20), cache=cache)
+    model(rejected, pos=torch.arange(20, 25), cache=cache)  # e.g. a rejected speculative draft ...
+    after, _ = model(idx[:, 20:], pos=torch.arange(20, 30), cache=cache)  # ... written over at its positions
     torch.testing.assert_close(after, model(idx)[0][:, 20:], atol=1e-5, rtol=1e-5)
-    with pytest.raises(ValueError):
-        cache.truncate(31)
+
+
+def test_a_cache_is_only_truncated_backwards_and_needs_positions(model):
+    cache = KVCache(TINY)
+    cache.length = 20
+    cache.truncate(12)
+    assert cache.length == 12
+    with pytest.raises(ValueError, match="cannot truncate"):
+        cache.truncate(13)
+    with pytest.raises(ValueError, match="needs the positions"):
+        model(torch.zeros(1, 3, dtype=torch.long), cache=cache)
 
 
 @pytest.mark.parametrize("prefix_len", [1, 7, 19])

@@ -7,7 +7,7 @@ import torch
 
 from conftest import TINY_RUN, TORCHRUN_2, run_script
 from data.tokenizer import EOT, load_tokenizer
-from model import load_checkpoint
+from common import load_checkpoint
 from train_ntp import question_mask
 from training import load_tokens
 
@@ -47,9 +47,11 @@ def test_bf16_training_on_answers_lowers_the_loss(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_compiled_training_computes_the_eager_losses(tiny_data, tmp_path):
-    """--compile (inductor compiles for the CPU here): the same steps, the same losses."""
-    eager = train(tiny_data, tmp_path / "e.pt", "--max_iters", "5", "--eval_interval", "1000")
-    compiled = train(tiny_data, tmp_path / "c.pt", "--max_iters", "5", "--eval_interval", "1000", "--compile")
+    """--compile (inductor compiles for the CPU here): the same steps, the same losses. One layer:
+    compiling takes time in proportion to the layers."""
+    eager = train(tiny_data, tmp_path / "e.pt", "--max_iters", "5", "--eval_interval", "1000", "--n_layer", "1")
+    compiled = train(tiny_data, tmp_path / "c.pt", "--max_iters", "5", "--eval_interval", "1000", "--n_layer", "1",
+                     "--compile")
     assert compiled["loss_log"] == pytest.approx(eager["loss_log"], rel=1e-4)
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
 
@@ -57,16 +59,17 @@ def test_compiled_training_computes_the_eager_losses(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_the_gpu_presets_run_on_the_cpu(tiny_data, tmp_path):
     """What `make demo GPU=1` switches on besides CUDA itself, for two steps each on the CPU: the
-    GPU presets' model shapes and batch layout, torch.compile, and bf16 autocast (on a GPU the
-    presets get it by default), in both training scripts."""
+    GPU presets' widths and batch layout, torch.compile, and bf16 autocast (on a GPU the presets
+    get it by default), in both training scripts. One layer instead of the presets' 8 and 4:
+    compiling takes time in proportion to the layers, and every layer is the same code."""
     few = ["--max_iters", "2", "--batch_size", "2", "--eval_iters", "1", "--device", "cpu", "--bf16"]
     for preset, path in (("teacher_gpu", "t.pt"), ("draft_gpu", "d.pt")):
         r = run_script("train_ntp.py", "--preset", preset, "--data_dir", str(tiny_data), "--out", str(tmp_path / path),
-                       *few, timeout=900)
+                       "--n_layer", "1", *few, timeout=900)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "compile=True" in r.stdout and "bf16=True" in r.stdout, r.stdout[:2000]
     teacher = load_checkpoint(str(tmp_path / "t.pt"))
-    assert (teacher["config"]["n_layer"], teacher["config"]["n_embd"], teacher["step"]) == (8, 512, 2)
+    assert (teacher["config"]["n_head"], teacher["config"]["n_embd"], teacher["step"]) == (8, 512, 2)
     r = run_script("distill_mtp.py", "--preset", "gpu", "--teacher", str(tmp_path / "t.pt"),
                    "--out", str(tmp_path / "s.pt"), *few, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -1,0 +1,293 @@
+"""
+bench.py's tables and pictures, from the rows it measured: the markdown tables (every row, the
+curves at matched tokens per pass, the wrong steps by kind, the ablations side by side), the
+Pareto picture (paper figure 5), the answers one box per forward pass (paper figure 1), and the
+ablations' curves and agreement.
+"""
+import json
+import os
+import sys
+import textwrap
+
+
+def write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_id, device, minutes):
+    """bench.{json,md}, pareto.png and chunks.png, or with --compare ablations.{json,md,png} and
+    agreement.png; then the table on screen and the rows as one JSON line."""
+    os.makedirs(args.out_dir, exist_ok=True)
+    stem = "ablations" if args.compare else "bench"
+    if args.compare:
+        table = (comparison_table(rows, students) + "\n\nEvery row:\n\n" + markdown_table(rows) + "\n\n"
+                 + step_table(rows[0]))
+    else:
+        table = markdown_table(rows) + "\n\n" + matched_table(rows) + "\n\n" + step_table(rows[0])
+    command = "python bench.py " + " ".join(sys.argv[1:])
+    with open(os.path.join(args.out_dir, f"{stem}.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(os.path.join(args.out_dir, f"{stem}.md"), "w") as f:
+        f.write(f"Measured on {device} with `{command.strip()}` ({minutes:.1f} min).\n\n{table}\n")
+    title = f"{len(problems)} held-out problems, {device}, batch 1"
+    written = [f"{stem}.json", f"{stem}.md", "ablations.png" if args.compare else "pareto.png"]
+    if args.compare:
+        ablation_plot(rows, os.path.join(args.out_dir, "ablations.png"), title)
+        agreement_plot(students, os.path.join(args.out_dir, "agreement.png"))
+        written.append("agreement.png")
+    else:
+        pareto_plot(rows, os.path.join(args.out_dir, "pareto.png"), title)
+        confadapt = [(s, t) for s, t in zip(strategies, tallies) if s.family == "ConfAdapt"]
+        if confadapt:  # the tau closest to the paper's 0.9
+            s, t = min(confadapt, key=lambda pair: abs(pair[0].tau - 0.9))
+            examples = [(p["question"], chunk_texts(enc, tokens, sizes, eos_id), len(tokens))
+                        for p, tokens, sizes in list(zip(problems, t.outputs, t.chunks))[:args.n_chunks]]
+            chunks_plot(examples, os.path.join(args.out_dir, "chunks.png"),
+                        f"How the student wrote held-out answers: {s.name}, one box per forward pass")
+            written.append("chunks.png")
+    print("\n" + table + "\n")
+    print(f"{minutes:.1f} min; wrote " + ", ".join(os.path.join(args.out_dir, w) for w in written))
+    print(json.dumps(rows))
+
+
+def with_interval(row):
+    """'82.8 (78.7-86.1)': a row's accuracy % and its 95% interval."""
+    return f"{row['accuracy']} ({row['accuracy_95'][0]}-{row['accuracy_95'][1]})"
+
+
+def accuracy_at(rows, tokens_per_forward):
+    """Accuracy read off a curve (rows of one model and family) at a given tokens per forward pass,
+    interpolated linearly between its two nearest points; None outside the curve."""
+    points = sorted((r["tokens_per_forward"], r["accuracy"]) for r in rows)
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= tokens_per_forward <= x1:
+            return round(y0 + (y1 - y0) * (tokens_per_forward - x0) / max(x1 - x0, 1e-9), 1)
+    return None
+
+
+def student_curves(rows, model):
+    """A student's two curves of accuracy against tokens per forward pass: its ConfAdapt rows
+    (tau moving) and its static-k rows (k moving)."""
+    return {family: [r for r in rows if r["model"] == model and r["family"] == family]
+            for family in ("ConfAdapt", "static k")}
+
+
+def matched_table(rows, model="student", matched=(1.5, 2.0, 2.5, 3.0, 3.5)):
+    """The student's ConfAdapt and static-k curves read at the same tokens per forward pass: the
+    paper's Pareto comparison, without comparing a tau to a k."""
+    curves = student_curves(rows, model)
+    if not all(curves.values()):
+        return ""
+    lines = [f"Accuracy % of the {model}'s curves at matched tokens per forward pass (linear between rows; "
+             "- outside the curve):", "", "| tokens/forward | " + " | ".join(str(m) for m in matched) + " |",
+             "|---|" + "---|" * len(matched)]
+    for family, curve in curves.items():
+        cells = [accuracy_at(curve, m) for m in matched]
+        lines.append(f"| {family} | " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_table(rows):
+    cols = ["model", "strategy", "n", "accuracy", "well_formed", "steps_right", "tokens_per_forward",
+            "accepted_per_step", "draft_forwards", "tokens_per_second", "speedup", "modelled_ours", "modelled_large",
+            "identical"]
+    head = ["model", "strategy", "problems", "accuracy % (95% interval)", "well-formed %", "steps right %", "tokens/forward",
+            "accepted drafts/step", "draft passes/problem", "tokens/s", "speed-up", "modelled speed-up, our sizes",
+            "modelled speed-up, 8B + 1B", "identical to reference %"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = {**r, "draft_forwards": r["draft_forwards"] or None,
+                 "accuracy": with_interval(r)}
+        lines.append("| " + " | ".join("" if cells[c] is None else str(cells[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def step_table(row):
+    """Which worked steps a row gets wrong, by operator and digits (data/check.py's step_kind)."""
+    lines = [f"Worked steps of {row['model']} {row['strategy']}, by kind:", "",
+             "| step | count | wrong % |", "|---|---|---|"]
+    for kind, (wrong, total) in sorted(row["step_kinds"].items()):
+        lines.append(f"| `{kind}` | {total} | {100 * wrong / total:.1f} |")
+    return "\n".join(lines)
+
+
+def pyplot():
+    """matplotlib's pyplot, drawing to files only (no screen needed); imported when a plot is made."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_figure(plt, fig, path, rect=(0, 0, 1, 1)):
+    fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+FAMILY_STYLE = {  # how each family is drawn in the Pareto picture
+    "ntp": ("black", "o"), "static k": ("tab:red", "s"), "ConfAdapt": ("tab:blue", "D"),
+    "speculative": ("tab:green", "^"), "self-speculative": ("tab:purple", "v"),
+    "MTP-drafted speculative": ("tab:orange", "P"),
+}
+
+
+def pareto_plot(rows, path, title):
+    """Accuracy against acceleration, one marker per row, like the paper's figure 5: by tokens per
+    forward pass (the paper's x-axis); by wall-clock speed-up, measured (filled) and modelled for
+    our sizes (hollow: what this machine would give if a pass cost only reading the weights); and
+    modelled for an 8B target with a 1B draft."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5), sharey=True)
+    panels = ((axes[0], "tokens_per_forward", None, "tokens per forward pass (of the model that decides)"),
+              (axes[1], "speedup", "modelled_ours", "speed-up over teacher NTP greedy: measured (filled), "
+               "modelled (hollow)"),
+              (axes[2], "modelled_large", None, "modelled speed-up, 8B target + 1B draft, batch 1"))
+    for ax, x, hollow, label in panels:
+        for family, (color, marker) in FAMILY_STYLE.items():
+            fam = [r for r in rows if r["family"] == family and r["strategy"] != "ntp greedy, no cache"]
+            if not fam:
+                continue
+            if family in ("static k", "ConfAdapt"):  # a curve: the same model as k or tau moves
+                ax.plot([r[x] for r in fam], [r["accuracy"] for r in fam], color=color, alpha=0.4)
+            ax.scatter([r[x] for r in fam], [r["accuracy"] for r in fam], color=color, marker=marker, label=family)
+            if hollow:
+                ax.scatter([r[hollow] for r in fam], [r["accuracy"] for r in fam], facecolors="none",
+                           edgecolors=color, marker=marker)
+            for r in fam:
+                tag = r["model"] if family == "ntp" else r["strategy"].split(" ")[-1]  # k=3, tau=0.9, gamma=2
+                ax.annotate(tag.replace("tau=", "").replace("gamma", "γ"), (r[x], r["accuracy"]), fontsize=7,
+                            xytext=(3, 3), textcoords="offset points", color=color)
+        ax.axvline(1.0, color="grey", lw=0.5)
+        ax.set_xlabel(label, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy on held-out problems (%)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    save_figure(plt, fig, path)
+
+
+def chunk_texts(enc, tokens, sizes, eos_id):
+    """A generation's tokens cut into its passes' chunks: [(text, tokens in the pass)], EOS dropped."""
+    texts, start = [], 0
+    for size in sizes:
+        texts.append((enc.decode([t for t in tokens[start:start + size] if t != eos_id]), size))
+        start += size
+    return texts
+
+
+def chunks_plot(examples, path, title, cols=96, fontsize=8):
+    """The paper's figure 1: held-out answers as a student wrote them, each forward pass's tokens
+    on one shaded box, darker the more tokens the pass emitted. examples: a list of (question,
+    [(text, tokens) of each pass's chunk], tokens in all). NTP needs one pass per token of the same text."""
+    from matplotlib.patches import Rectangle
+    lines = []  # (plain text, its colour, [(col, text, tokens in its pass)]) per line of the picture
+    for question, chunks, n_tokens in examples:
+        n_passes = len(chunks)
+        lines.append((f"{n_tokens} tokens in {n_passes} passes ({n_tokens / n_passes:.2f} per pass); "
+                      f"NTP greedy needs {n_tokens} passes for them", "tab:blue", []))
+        lines += [(text, "black", []) for text in textwrap.wrap("Question: " + question, cols)]
+        segments, col = [], 0
+        for text, size in chunks:
+            for i, part in enumerate(text.split("\n")):
+                if i > 0:  # a newline inside the chunk: the rest starts a line of its own
+                    lines.append(("", None, segments))
+                    segments, col = [], 0
+                while part:
+                    room = cols - col
+                    if room == 0:
+                        lines.append(("", None, segments))
+                        segments, col = [], 0
+                        room = cols
+                    piece, part = part[:room], part[room:]
+                    segments.append((col, piece, size))
+                    col += len(piece)
+        lines += [("", None, segments), ("", None, [])]
+    plt = pyplot()
+    char_w, line_h = 0.602 * fontsize / 72, 1.45 * fontsize / 72  # inches: DejaVu Sans Mono's advance, a line
+    fig = plt.figure(figsize=((cols + 2) * char_w, (len(lines) + 2) * line_h))
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(-1, cols + 1)
+    ax.set_ylim(len(lines) + 1.5, -0.5)
+    ax.axis("off")
+    ax.text(0, 0, title, fontsize=fontsize + 1, fontweight="bold", va="center")
+    shade = plt.cm.Blues
+    for row, (text, color, segments) in enumerate(lines, start=1):
+        if text:
+            ax.text(0, row, text, fontsize=fontsize, va="center", family="monospace", color=color)
+        for col, piece, size in segments:
+            ax.add_patch(Rectangle((col, row - 0.45), len(piece), 0.9, facecolor=shade(0.15 + 0.1 * min(size, 8)),
+                                   edgecolor="white", linewidth=0.8))
+            ax.text(col, row, piece, fontsize=fontsize, va="center", family="monospace",
+                    color="white" if size >= 5 else "black")
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------
+# --compare: the paper's ablations, one curve per distilled student (make ablations).
+
+def comparison_table(rows, students, matched=(1.5, 2.0, 2.5, 3.0)):
+    """One line per variant: accuracy % with its 95% interval and well-formed % at k = 1 and at
+    ConfAdapt tau = 0.9 (with its tokens per forward), then the accuracy of its ConfAdapt and its
+    static-k curves read at matched tokens per forward (a variant that emits more tokens per pass
+    at one tau is compared at the same speed, not the same tau), then its last validation
+    agreement with the teacher by block position."""
+    def cell(r):
+        return f"{with_interval(r)}, {r['well_formed']}" if r else ""
+
+    head = (["variant", "k=1: acc (95%), well-formed", "tau=0.9: acc (95%), well-formed", "tau=0.9: tokens/forward"]
+            + [f"at {m} tokens/forward: ConfAdapt / static k" for m in matched]
+            + ["val agreement with teacher by position"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, ckpt in students.items():
+        mine = {r["strategy"]: r for r in rows if r["model"] == name}
+        k1, tau = mine.get("static k=1"), mine.get("ConfAdapt tau=0.9")
+        curves = student_curves(rows, name).values()
+        line = [name, cell(k1), cell(tau), str(tau["tokens_per_forward"]) if tau else ""]
+        for m in matched:
+            line.append(" / ".join("-" if a is None else str(a) for a in (accuracy_at(c, m) for c in curves)))
+        line.append(" ".join(f"{a:.2f}" for a in ckpt["agreement_log"][-1]["agreement"]))
+        lines.append("| " + " | ".join(line) + " |")
+    return "\n".join(lines)
+
+
+def ablation_plot(rows, path, title):
+    """Accuracy against tokens per forward, a colour per variant: ConfAdapt as a solid curve
+    over tau, static k as a dashed one; the teacher as a black star."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    teacher = rows[0]
+    ax.scatter([1.0], [teacher["accuracy"]], color="black", marker="*", s=120, label="teacher NTP", zorder=3)
+    variants = list(dict.fromkeys(r["model"] for r in rows[1:]))
+    for variant, color in zip(variants, plt.cm.tab10.colors):
+        for family, style, marker in (("ConfAdapt", "-", "o"), ("static k", "--", "s")):
+            fam = [r for r in rows if r["model"] == variant and r["family"] == family]
+            ax.plot([r["tokens_per_forward"] for r in fam], [r["accuracy"] for r in fam], style, marker=marker,
+                    color=color, markersize=4, label=f"{variant} ({family})")
+    ax.set_xlabel("tokens per forward pass")
+    ax.set_ylabel("accuracy on held-out problems (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title)
+    save_figure(plt, fig, path)
+
+
+def agreement_plot(students, path):
+    """The per-position agreement with the teacher that distill_mtp.py logged at every validation:
+    a panel per block position j, a line per variant. The critic trains exactly this quantity."""
+    plt = pyplot()
+    k_max = max(len(c["agreement_log"][0]["agreement"]) for c in students.values())
+    cols = 4
+    fig, axes = plt.subplots((k_max + cols - 1) // cols, cols, figsize=(12, 3 * ((k_max + cols - 1) // cols)),
+                             sharex=True, sharey=True, squeeze=False)
+    for (name, ckpt), color in zip(students.items(), plt.cm.tab10.colors):
+        log = ckpt["agreement_log"]
+        for j in range(len(log[0]["agreement"])):
+            axes.flat[j].plot([e["step"] for e in log], [e["agreement"][j] for e in log], color=color,
+                              label=name if j == 0 else None)
+    for j, ax in enumerate(axes.flat):
+        ax.set_title(f"block position {j + 1}" + (" (the next token)" if j == 0 else ""), fontsize=9)
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel("distillation step")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("agreement with teacher")
+    fig.legend(loc="lower center", ncol=len(students), fontsize=8)
+    save_figure(plt, fig, path, rect=(0, 0.06, 1, 1))  # room below for the legend
