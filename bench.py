@@ -36,6 +36,7 @@ from data.check import check_answer, step_kind
 from data.problems import final_answer, format_prompt
 from data.tokenizer import EOT
 from decode import generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative, generate_speculative
+from distill_mtp import mtp_layout
 from report import write_outputs
 
 
@@ -176,11 +177,71 @@ def wilson_interval(correct, n, z=1.96):
 
 
 # --------------------------------------------------------------------------------------
+# What ConfAdapt's gate lets through: how far a confidence can be trusted, and where its
+# answers first part from the student's own k=1 answers.
+
+CONFIDENCE_BINS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
+
+
+@torch.no_grad()
+def calibration(student, ckpt, teacher, problems, k1_answers, enc, bins=CONFIDENCE_BINS):
+    """What tau means. Along each of the student's own k=1 answers, a block of k_max-1 masks
+    after every answer position, all blocks of an answer in one pass (distill_mtp.mtp_layout).
+    Returns {"bins", "sums"}: sums (k_max, len(bins) - 1, 4) by block position j and bin of the
+    student's confidence (its largest probability) of: predictions, confidence, predictions
+    equal to the k=1 answer's token there, and equal to the teacher's next token there (after
+    the k=1 answer so far). Where a position is calibrated, agreement equals mean confidence."""
+    k, device = ckpt["k_max"], teacher.lm_head.weight.device
+    sums = torch.zeros(k, len(bins) - 1, 4)
+    edges = torch.tensor(bins[1:-1])
+    for problem, answer in zip(problems, k1_answers):
+        prompt = enc.encode_ordinary(format_prompt(problem["question"]))
+        x = torch.tensor(prompt + answer)                                 # (N,)
+        points = torch.arange(len(prompt) - 1, len(x) - k)                # (M,) blocks the answer covers whole
+        if len(points) == 0:
+            continue
+        pos, mask, read = mtp_layout(len(x), k, points, ckpt["bidirectional"])
+        idx = torch.cat([x, torch.full((len(points) * (k - 1),), ckpt["mask_id"])])[None].to(device)
+        logits, _ = student(idx, pos=pos.to(device), attn_mask=mask.to(device))
+        probs = torch.softmax(logits[0, read][..., :enc.n_vocab].float(), dim=-1).cpu()  # (M, k, n_vocab)
+        confidence, token = probs.max(dim=-1)                            # (M, k) each
+        ahead = points[:, None] + torch.arange(1, k + 1)                 # (M, k): where block token j stands
+        teacher_next = teacher(x[None].to(device))[0][0, :, :enc.n_vocab].argmax(-1).cpu()  # (N,)
+        b = torch.bucketize(confidence, edges, right=True)              # (M, k) the bin of each
+        for j in range(k):
+            for column, weight in enumerate((torch.ones(len(points)), confidence[:, j],
+                                             (token[:, j] == x[ahead[:, j]]).float(),
+                                             (token[:, j] == teacher_next[ahead[:, j] - 1]).float())):
+                sums[j, :, column] += torch.bincount(b[:, j], weights=weight, minlength=len(bins) - 1)
+    return {"bins": bins, "sums": sums}
+
+
+def first_departures(outputs, chunks, references):
+    """Where each answer first parts from its reference (the student's k=1 answer to the same
+    problem): the kind of its first differing token, "dropped" (the reference's next token: one
+    was skipped, as a missing line break), "repeated" (the reference's previous token, as a
+    digit written twice) or "other", and its place in its pass (1: the pass's first token)."""
+    kinds, places = {"dropped": 0, "repeated": 0, "other": 0}, {}
+    for out, sizes, ref in zip(outputs, chunks, references):
+        d = next((i for i, (a, b) in enumerate(zip(out, ref)) if a != b), None)
+        if d is None:
+            continue  # the same answer (or one ends early: no token differs)
+        kind = ("dropped" if d + 1 < len(ref) and out[d] == ref[d + 1] else
+                "repeated" if d > 0 and out[d] == ref[d - 1] else "other")
+        kinds[kind] += 1
+        passes_before = next(i for i in range(len(sizes) + 1) if sum(sizes[:i + 1]) > d)
+        place = d - sum(sizes[:passes_before]) + 1
+        places[place] = places.get(place, 0) + 1
+    return {"answers": sum(kinds.values()), **kinds, "place": dict(sorted(places.items()))}
+
+
+# --------------------------------------------------------------------------------------
 # Which strategies, on which models.
 
 def build_strategies(args, teacher, teacher_ckpt, n, common, device):
     """The strategies to run, the teacher's cached NTP greedy first: the baseline of every
-    speed-up. Returns (strategies, {variant name: checkpoint} for --compare)."""
+    speed-up. Returns (strategies, {name: (student, its checkpoint)}: the --compare variants, or
+    the student)."""
     chosen, T = set(args.strategies), teacher.num_params()
     by_teacher = "teacher/ntp greedy"  # the reference of the lossless strategies that verify with the teacher
     strategies = [Strategy("teacher", "ntp greedy", "ntp", partial(generate_ntp, teacher, **common), n,
@@ -191,8 +252,8 @@ def build_strategies(args, teacher, teacher_ckpt, n, common, device):
             name = variant_name(path)
             if name in students:
                 raise UserError(f"two students are named {name!r}: --compare needs distinct file names")
-            student, students[name] = load_student(path, args, teacher_ckpt, device)
-            strategies += mtp_strategies(name, student, students[name], args.static_k, args.taus, n, common)
+            students[name] = load_student(path, args, teacher_ckpt, device)
+            strategies += mtp_strategies(name, *students[name], args.static_k, args.taus, n, common)
         return strategies, students
 
     if "no_cache" in chosen and args.n_uncached:
@@ -231,7 +292,7 @@ def build_strategies(args, teacher, teacher_ckpt, n, common, device):
                                 partial(generate_mtp_speculative, teacher, student, mask_id=mask_id, k=k, **common), n,
                                 (T, S), (LARGE["teacher"], LARGE["student"]), reference=by_teacher)
                        for k in args.mtp_k]
-    return strategies, {}
+    return strategies, {} if student is None else {"student": (student, student_ckpt)}
 
 
 def mtp_strategies(model, student, ckpt, static_k, taus, n, common):
@@ -361,7 +422,16 @@ def main(args):
           f"interleaved problem by problem")
     t0 = time.time()
     rows, tallies = run_bench(strategies, problems, enc)
-    write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_id, device, (time.time() - t0) / 60)
+    gate = None
+    k1 = {s.model: t.outputs for s, t in zip(strategies, tallies) if s.name == "static k=1"}
+    for row, s, t in zip(rows, strategies, tallies):
+        if s.family in ("ConfAdapt", "static k") and s.name != "static k=1" and s.model in k1:
+            row["first_departure"] = first_departures(t.outputs, t.chunks, k1[s.model])
+    if "student" in k1 and not args.compare:
+        print("the student's confidence against its own k=1 answers, teacher-forced ...")
+        gate = calibration(*students["student"], teacher, problems, k1["student"], enc)
+    write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_id, device, (time.time() - t0) / 60,
+                  gate)
 
 
 if __name__ == "__main__":

@@ -10,16 +10,21 @@ import sys
 import textwrap
 
 
-def write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_id, device, minutes):
-    """bench.{json,md}, pareto.png and chunks.png, or with --compare ablations.{json,md,png} and
-    agreement.png; then the table on screen and the rows as one JSON line."""
+def write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_id, device, minutes, gate=None):
+    """bench.{json,md}, pareto.png and chunks.png (and calibration.{json,png} from `gate`,
+    bench.calibration's result), or with --compare ablations.{json,md,png} and agreement.png;
+    then the table on screen and the rows as one JSON line."""
     os.makedirs(args.out_dir, exist_ok=True)
     stem = "ablations" if args.compare else "bench"
+    ckpts = {name: ckpt for name, (_, ckpt) in students.items()}
     if args.compare:
-        table = (comparison_table(rows, students) + "\n\nEvery row:\n\n" + markdown_table(rows) + "\n\n"
+        table = (comparison_table(rows, ckpts) + "\n\nEvery row:\n\n" + markdown_table(rows) + "\n\n"
                  + step_table(rows[0]))
     else:
         table = markdown_table(rows) + "\n\n" + matched_table(rows) + "\n\n" + step_table(rows[0])
+        table += "\n\n" + departure_table(rows)
+        if gate is not None:
+            table += "\n\n" + calibration_table(**gate)
     command = "python bench.py " + " ".join(sys.argv[1:])
     with open(os.path.join(args.out_dir, f"{stem}.json"), "w") as f:
         json.dump(rows, f, indent=1)
@@ -29,7 +34,7 @@ def write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_
     written = [f"{stem}.json", f"{stem}.md", "ablations.png" if args.compare else "pareto.png"]
     if args.compare:
         ablation_plot(rows, os.path.join(args.out_dir, "ablations.png"), title)
-        agreement_plot(students, os.path.join(args.out_dir, "agreement.png"))
+        agreement_plot(ckpts, os.path.join(args.out_dir, "agreement.png"))
         written.append("agreement.png")
     else:
         pareto_plot(rows, os.path.join(args.out_dir, "pareto.png"), title)
@@ -41,6 +46,12 @@ def write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_
             chunks_plot(examples, os.path.join(args.out_dir, "chunks.png"),
                         f"How the student wrote held-out answers: {s.name}, one box per forward pass")
             written.append("chunks.png")
+        if gate is not None:
+            with open(os.path.join(args.out_dir, "calibration.json"), "w") as f:
+                json.dump({"bins": gate["bins"], "sums": gate["sums"].tolist(), "columns": [
+                    "predictions", "confidence", "equal to the k=1 token", "equal to the teacher's"]}, f)
+            calibration_plot(gate["sums"], os.path.join(args.out_dir, "calibration.png"), title)
+            written += ["calibration.json", "calibration.png"]
     print("\n" + table + "\n")
     print(f"{minutes:.1f} min; wrote " + ", ".join(os.path.join(args.out_dir, w) for w in written))
     print(json.dumps(rows))
@@ -81,6 +92,63 @@ def matched_table(rows, model="student", matched=(1.5, 2.0, 2.5, 3.0, 3.5)):
         cells = [accuracy_at(curve, m) for m in matched]
         lines.append(f"| {family} | " + " | ".join("-" if c is None else str(c) for c in cells) + " |")
     return "\n".join(lines)
+
+
+def departure_table(rows):
+    """Where the student's multi-token answers first part from its own k=1 answers, by kind of
+    token and by place in the pass (bench.first_departures)."""
+    rows = [r for r in rows if "first_departure" in r]
+    if not rows:
+        return ""
+    places = sorted({int(p) for r in rows for p in r["first_departure"]["place"]})
+    lines = ["Where the student's answers first part from its own k=1 answers: the first differing token is "
+             "the k=1 answer's next one (dropped), its previous one (repeated) or another; and its place in its "
+             "pass (1: the pass's first token):", "",
+             "| row | answers that part | dropped | repeated | other | " + " | ".join(f"place {p}" for p in places)
+             + " |", "|---|---|---|---|---|" + "---|" * len(places)]
+    for r in rows:
+        d = r["first_departure"]
+        cells = [r["strategy"], d["answers"], d["dropped"], d["repeated"], d["other"]]
+        cells += [d["place"].get(p, d["place"].get(str(p), 0)) for p in places]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def calibration_table(sums, bins):
+    """bench.calibration as a table: for block position j and confidence bin, the share of the
+    student's tokens equal to its k=1 answer's, and to the teacher's, with their count."""
+    head = [f"[{lo}, {hi})" if hi < 1 else f"[{lo}, 1]" for lo, hi in zip(bins, bins[1:])]
+    lines = ["What tau means: the student's confidence at block position j (a mask's, j >= 2) against how "
+             "often its token is its own k=1 answer's / the teacher's next token, teacher-forced along the "
+             "k=1 answers (% / %, and how many tokens):", "",
+             "| j | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for j, row in enumerate(sums.tolist(), start=1):
+        cells = [f"{100 * k1 / n:.1f} / {100 * t / n:.1f} ({n:.0f})" if n else "-" for n, _, k1, t in row]
+        lines.append(f"| {j} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def calibration_plot(sums, path, title):
+    """The reliability picture: for each block position j, the share of tokens equal to the
+    student's own k=1 answer (left) and to the teacher's choice (right) against the mean
+    confidence of each bin. On the diagonal, a confidence of 0.9 is right 90% of the time."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    colors = plt.cm.viridis([j / max(1, len(sums) - 1) for j in range(len(sums))])
+    for ax, column, label in ((axes[0], 2, "equal to the student's own k=1 token"),
+                              (axes[1], 3, "equal to the teacher's next token")):
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        for j, (row, color) in enumerate(zip(sums.tolist(), colors), start=1):
+            kept = [b for b in row if b[0] >= 20]  # bins of fewer tokens are noise
+            ax.plot([b[1] / b[0] for b in kept], [b[column] / b[0] for b in kept], marker="o", markersize=3,
+                    color=color, label=f"j = {j}")
+        ax.set_xlabel("the student's confidence (mean of the bin)")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("share of tokens")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("What tau means: " + title)
+    save_figure(plt, fig, path)
 
 
 def markdown_table(rows):

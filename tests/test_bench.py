@@ -1,0 +1,109 @@
+"""bench.py: what it counts (form and arithmetic apart, intervals, the modelled speed-up) and what
+it shows of ConfAdapt's gate (where answers part from k=1, the calibration)."""
+import json
+
+import pytest
+import torch
+
+from bench import Strategy, calibration, first_departures, run_bench, wilson_interval
+from conftest import TINY
+from data import problems
+from data.tokenizer import EOT, load_tokenizer, padded_vocab_size
+from decode import Generation, generate_mtp
+from model import GPT, GPTConfig, add_mask_token
+from report import accuracy_at
+
+
+def test_bench_scores_form_and_arithmetic_apart(tiny_data):
+    """bench.run_bench with two fake strategies: one writes the reference answers, one the same
+    answers with a wrong '####' line (ill-formed and wrong, though every step is right)."""
+    enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
+    eos = enc.encode(EOT, allowed_special={EOT})[0]
+    tests = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:10]
+    answer_of = {tuple(enc.encode_ordinary(problems.format_prompt(t["question"]))): t["answer"] for t in tests}
+
+    def writes(change):
+        def decode(prompt_ids):
+            text = " " + change(answer_of[tuple(prompt_ids)])
+            return Generation(tokens=enc.encode_ordinary(text) + [eos], n_forward=1)
+        return decode
+    rows, _ = run_bench([Strategy("m", "reference", "ntp", writes(lambda a: a), 10, (1, 0), (1, 0)),
+                         Strategy("m", "wrong final", "ntp", writes(lambda a: a.rsplit("#### ", 1)[0] + "#### 1000"),
+                                  10, (1, 0), (1, 0))], tests, enc)
+    assert [(r["accuracy"], r["well_formed"], r["steps_right"]) for r in rows] == [(100, 100, 100), (0, 0, 100)]
+
+
+@pytest.mark.parametrize("correct, n, interval", [
+    (50, 100, (40.4, 59.6)),    # Wilson's 95% interval, computed by hand
+    (0, 10, (0.0, 27.8)),       # never below 0 ...
+    (10, 10, (72.2, 100.0)),    # ... nor above 100, and not of zero width at the edges
+])
+def test_accuracy_intervals_are_wilson_95(correct, n, interval):
+    assert wilson_interval(correct, n) == list(interval)
+
+
+def test_accuracy_is_read_off_a_curve_at_matched_tokens_per_forward():
+    curve = [dict(tokens_per_forward=t, accuracy=a) for t, a in ((3.0, 40.0), (1.0, 90.0), (2.0, 70.0))]
+    assert accuracy_at(curve, 1.5) == 80.0 and accuracy_at(curve, 2.5) == 55.0 and accuracy_at(curve, 2.0) == 70.0
+    assert accuracy_at(curve, 3.5) is None and accuracy_at(curve, 0.5) is None
+
+
+def test_the_modelled_speedup_counts_the_parameters_read(tiny_data):
+    """By hand, for 12 tokens. Sizes (ours, then the large pair): teacher 6 and 8e9, draft 1 and 1e9.
+    Teacher NTP: 12 passes, 1x. Speculative, 4 teacher + 8 draft passes: 4*6 + 8*1 = 32 = 5.33
+    teacher passes -> 2.25x; 4*8e9 + 8*1e9 = 5 8B passes -> 2.4x. The draft alone, 12 passes:
+    2 or 1.5 teacher passes -> 6x or 8x. MTP-drafted, 4 + 4 passes of teacher-sized models -> 1.5x.
+    The student, 4 passes (its masks ride along for free) -> 3x."""
+    enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
+    eos = enc.encode(EOT, allowed_special={EOT})[0]
+    problem = [{"question": "Mia has 2 apples. How many apples does she have?", "answer": "#### 2"}]
+
+    def fake(model, n_forward, n_draft_forward, sizes, large):
+        decode = lambda ids: Generation(tokens=list(range(11)) + [eos], n_forward=n_forward,  # noqa: E731
+                                        n_draft_forward=n_draft_forward)
+        return Strategy(model, "-", "ntp", decode, 1, sizes, large)
+    rows, _ = run_bench([fake("teacher", 12, 0, (6, 0), (8e9, 0)), fake("teacher + draft", 4, 8, (6, 1), (8e9, 1e9)),
+                      fake("draft", 12, 0, (1, 0), (1e9, 0)), fake("teacher + student", 4, 4, (6, 6), (8e9, 8e9)),
+                      fake("student", 4, 0, (6, 0), (8e9, 0))], problem, enc)
+    assert [(r["modelled_ours"], r["modelled_large"]) for r in rows] == \
+        [(1.0, 1.0), (2.25, 2.4), (6.0, 8.0), (1.5, 1.5), (3.0, 3.0)]
+
+
+@pytest.mark.parametrize("output, reference, sizes, expected", [
+    ([1, 2, 3, 4], [1, 2, 3, 4], [2, 2], None),                        # the same answer
+    ([1, 2, 4, 5], [1, 2, 3, 4, 5], [1, 3], ("dropped", 2)),           # 3 skipped: the 2nd pass's 2nd token
+    ([1, 2, 2, 3], [1, 2, 3, 4], [2, 2], ("repeated", 1)),             # 2 written twice, a pass's first token
+    ([1, 9, 3, 4], [1, 2, 3, 4], [4], ("other", 2)),
+])
+def test_first_departures_name_the_first_differing_token_and_its_place(output, reference, sizes, expected):
+    d = first_departures([output], [sizes], [reference])
+    if expected is None:
+        assert d["answers"] == 0 and d["place"] == {}
+    else:
+        kind, place = expected
+        assert d["answers"] == 1 and d[kind] == 1 and d["place"] == {place: 1}
+
+
+def test_calibration_counts_every_block_position_against_the_k1_answer(tiny_data):
+    """Along the student's own k=1 answers, block position 1 is the k=1 token itself, and with a
+    student that is still a copy of its teacher, the teacher's next token too: both 100%. Every
+    block position is counted once per block."""
+    enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
+    config = GPTConfig(**{**TINY.__dict__, "vocab_size": padded_vocab_size(enc)})  # a free slot for <MTP>
+    torch.manual_seed(0)
+    teacher = GPT(config).eval()
+    student = GPT(config).eval()
+    student.load_state_dict(teacher.state_dict())
+    mask_id = enc.n_vocab
+    add_mask_token(student, mask_id, torch.Generator().manual_seed(0))
+    tests = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:3]
+    k1 = [generate_mtp(student, enc.encode_ordinary(problems.format_prompt(t["question"])), 20, eos_id=-1,
+                       n_vocab=enc.n_vocab, mask_id=mask_id, k=1).tokens for t in tests]
+    ckpt = {"k_max": 4, "mask_id": mask_id, "bidirectional": False}
+    gate = calibration(student, ckpt, teacher, tests, k1, enc)
+    sums = gate["sums"]  # (k, bins, [n, confidence, equal to k=1, equal to the teacher])
+    assert sums.shape == (4, len(gate["bins"]) - 1, 4)
+    blocks = sum(len(answer) - 4 + 1 for answer in k1)  # a block after the prompt and each answer token with room
+    assert (sums[:, :, 0].sum(dim=1) == blocks).all()
+    assert sums[0, :, 2].sum() == blocks and sums[0, :, 3].sum() == blocks
+    assert (sums[:, :, 1] <= sums[:, :, 0]).all()  # a confidence is at most 1
