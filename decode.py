@@ -270,7 +270,8 @@ def forward_new(model, cache, seq, extra=(), bidirectional=False, width=None):
     pos = torch.arange(start, start + len(tokens), device=device)     # (T,)
     attn_mask = None  # the model's default: each token sees the slots up to its own position
     if bidirectional and len(extra) > 1:
-        attn_mask = torch.arange(model.config.block_size, device=device) <= pos[:, None]  # (T, block_size)
+        n_keys = model.config.block_size if run is not model else start + n  # compiled: the whole cache
+        attn_mask = torch.arange(n_keys, device=device) <= pos[:, None]  # (T, n_keys)
         attn_mask[n - len(extra):n, start + n - len(extra):start + n] = True  # the extra block sees itself whole
     logits, _ = run(idx, pos=pos, attn_mask=attn_mask, cache=cache)
     cache.length = start + n

@@ -63,10 +63,12 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if cache is not None:  # write at the tokens' positions, then attend over the whole cache
+        if cache is not None:  # write at the tokens' positions, then attend over the slots the mask covers
             cache.k[layer, :, :, pos] = k
             cache.v[layer, :, :, pos] = v
-            k, v = cache.k[layer].to(q.dtype), cache.v[layer].to(q.dtype)  # (B, nh, block_size, hs)
+            n_keys = attn_mask.size(-1)
+            k = cache.k[layer, :, :, :n_keys].to(q.dtype)  # (B, nh, n_keys, hs)
+            v = cache.v[layer, :, :, :n_keys].to(q.dtype)
         # Without a mask this is plain causal attention (the fused/flash kernel).
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
                                            dropout_p=self.dropout if self.training else 0.0,
@@ -143,7 +145,7 @@ class GPT(nn.Module):
         attn_mask: (T, T_keys) or (B, T, T_keys) bool, True = may attend. Default: causal; with
                    a cache, each token sees the slots up to its own position
         cache:     a KVCache: the tokens' keys/values are written at slots `pos` (required), and
-                   the keys are the whole cache, T_keys = block_size
+                   the keys are its first T_keys slots
         Returns (logits (B, T, vocab_size), loss or None).
         """
         B, T = idx.size()
@@ -154,7 +156,10 @@ class GPT(nn.Module):
                 raise ValueError(f"{T} tokens do not fit the model's context of {self.config.block_size} tokens")
             pos = torch.arange(T, device=idx.device)  # (T,)
         if cache is not None and attn_mask is None:
-            attn_mask = torch.arange(self.config.block_size, device=idx.device) <= pos[:, None]  # (T, block_size)
+            # The keys end at the last position fed: the slots after it hold nothing this pass
+            # may see. Compiled, they are the whole cache, because compiled shapes are fixed.
+            n_keys = self.config.block_size if torch.compiler.is_compiling() else int(pos.max()) + 1
+            attn_mask = torch.arange(n_keys, device=idx.device) <= pos[:, None]  # (T, n_keys)
         if attn_mask is not None and attn_mask.dim() == 3:
             attn_mask = attn_mask[:, None]  # (B, 1, T, T_keys): the same mask for every head
 
