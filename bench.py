@@ -395,7 +395,8 @@ def parse_args(argv=None):
     p.add_argument("--n_chunks", type=int, default=3, help="held-out answers drawn in chunks.png")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--compile", action="store_true", help="every strategy decodes with fixed-shape passes through "
-                   "torch.compile (decode.py --compile): the same tokens (docs/results.md: what it gave on a CPU)")
+                   "torch.compile (decode.py --compile): the same tokens up to rounding (docs/results.md: what it gave "
+                   "on a CPU)")
     p.add_argument("--out_dir", default="out", help="where the results go")
     args = p.parse_args(argv)
     check_flags(args, positive=("n", "max_new_tokens"), non_negative=("n_uncached", "n_chunks"))

@@ -59,7 +59,7 @@ class Generation:
 
 
 # `compiled` (every strategy): each pass is padded to one fixed width and runs through
-# torch.compile (`forward_new`); the tokens are the same.
+# torch.compile (`forward_new`): the same tokens, but where rounding decides a near tie.
 
 @torch.no_grad()
 def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature=0.0, top_k=None,
@@ -362,7 +362,7 @@ def parse_args():
     p.add_argument("--show-chunks", action="store_true", help="mark the tokens of each step")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--compile", action="store_true", help="fixed-shape passes through torch.compile: the same "
-                   "tokens, the first passes waiting for the compiler (docs/results.md: what it gains)")
+                   "tokens up to rounding, the first passes waiting for the compiler (docs/results.md)")
     p.add_argument("--seed", type=int, default=1337, help="seeds sampling (temperature > 0)")
     args = p.parse_args()
     check_flags(args, positive=("max_new_tokens",), non_negative=("temperature",))
