@@ -32,16 +32,16 @@ install:
 $(DATA)/train.bin: data/prepare.py data/problems.py data/tokenizer.py
 	$(PYTHON) data/prepare.py --out_dir $(DATA)
 
-out/teacher.pt: $(DATA)/train.bin train_ntp.py training.py model.py
+out/teacher.pt: $(DATA)/train.bin train_ntp.py training.py model.py common.py
 	$(PYTHON) train_ntp.py --preset $(TEACHER_PRESET)
 
-out/draft.pt: $(DATA)/train.bin train_ntp.py training.py model.py
+out/draft.pt: $(DATA)/train.bin train_ntp.py training.py model.py common.py
 	$(PYTHON) train_ntp.py --preset $(DRAFT_PRESET)
 
-out/student.pt: out/teacher.pt distill_mtp.py training.py
+out/student.pt: out/teacher.pt distill_mtp.py training.py model.py common.py
 	$(PYTHON) distill_mtp.py --preset $(STUDENT_PRESET)
 
-out/bench.json: out/teacher.pt out/draft.pt out/student.pt bench.py decode.py report.py
+out/bench.json: out/teacher.pt out/draft.pt out/student.pt bench.py decode.py report.py distill_mtp.py model.py common.py
 	$(PYTHON) bench.py
 
 # Every GPU setting at a few hundred steps, then the bench on 50 problems, plain and with the
@@ -76,7 +76,7 @@ STUDENTS := $(VARIANTS:%=out/ablations/student_%.pt)
 out/ablations/student_main.pt: out/student.pt
 	mkdir -p out/ablations && cp out/student.pt $@
 
-out/ablations/student_%.pt: out/teacher.pt distill_mtp.py training.py
+out/ablations/student_%.pt: out/teacher.pt distill_mtp.py training.py model.py common.py
 	$(PYTHON) distill_mtp.py --preset $(STUDENT_PRESET) $(FLAGS_$*) --out $@
 
 ablations: install $(STUDENTS)

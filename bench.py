@@ -15,8 +15,10 @@ accepted per step, wall-clock tokens/s and speed-up, the speed-up modelled where
 only the reading of the weights (`modelled_speedup`), and for lossless strategies the share
 of outputs identical to their reference's. The strategies run interleaved, problem by problem,
 so a slow patch of the machine slows all of them alike.
-Writes out/bench.{json,md}, out/pareto.png and out/chunks.png (report.py), prints the table,
-then the rows as one JSON line. --compare measures static k and ConfAdapt for each student
+After the rows, what ConfAdapt's gate lets through: the student's calibration and where its
+answers first part from its own k=1 answers (`calibration`, `first_departures`).
+Writes out/bench.{json,md}, out/pareto.png, out/chunks.png and out/calibration.{json,png}
+(report.py), prints the table, then the rows as one JSON line. --compare measures static k and ConfAdapt for each student
 given, into out/ablations.{json,md,png} and out/agreement.png.
 """
 import argparse
@@ -238,13 +240,13 @@ def first_departures(outputs, chunks, references):
 # --------------------------------------------------------------------------------------
 # Which strategies, on which models.
 
-def build_strategies(args, teacher, teacher_ckpt, n, common, device):
+def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
     """The strategies to run, the teacher's cached NTP greedy first: the baseline of every
     speed-up. Returns (strategies, {name: (student, its checkpoint)}: the --compare variants, or
     the student)."""
     chosen, T = set(args.strategies), teacher.num_params()
     by_teacher = "teacher/ntp greedy"  # the reference of the lossless strategies that verify with the teacher
-    strategies = [Strategy("teacher", "ntp greedy", "ntp", partial(generate_ntp, teacher, **common), n,
+    strategies = [Strategy("teacher", "ntp greedy", "ntp", partial(generate_ntp, teacher, **shared), n,
                            (T, 0), (LARGE["teacher"], 0))]
     if args.compare:
         students = {}
@@ -253,13 +255,13 @@ def build_strategies(args, teacher, teacher_ckpt, n, common, device):
             if name in students:
                 raise UserError(f"two students are named {name!r}: --compare needs distinct file names")
             students[name] = load_student(path, args, teacher_ckpt, device)
-            strategies += mtp_strategies(name, *students[name], args.static_k, args.taus, n, common)
+            strategies += mtp_strategies(name, *students[name], args.static_k, args.taus, n, shared)
         return strategies, students
 
     if "no_cache" in chosen and args.n_uncached:
         strategies.append(Strategy("teacher", "ntp greedy, no cache", "ntp",
-                                   partial(generate_ntp, teacher, use_cache=False, **common), min(n, args.n_uncached),
-                                   (T, 0), (LARGE["teacher"], 0), reference=by_teacher))
+                                   partial(generate_ntp, teacher, use_cache=False, **shared),
+                                   min(n, args.n_uncached), (T, 0), (LARGE["teacher"], 0), reference=by_teacher))
     draft = student = None
     if os.path.exists(args.draft) and {"draft", "speculative"} & chosen:
         draft, _, draft_ckpt = load_for_decoding(args.draft, device, kinds=("draft",))
@@ -269,35 +271,35 @@ def build_strategies(args, teacher, teacher_ckpt, n, common, device):
         student, student_ckpt = load_student(args.student, args, teacher_ckpt, device)
         mask_id, S = student_ckpt["mask_id"], student.num_params()
     if draft is not None and "draft" in chosen:
-        strategies.append(Strategy("draft", "ntp greedy", "ntp", partial(generate_ntp, draft, **common), n,
+        strategies.append(Strategy("draft", "ntp greedy", "ntp", partial(generate_ntp, draft, **shared), n,
                                    (D, 0), (LARGE["draft"], 0)))
     if student is not None:
         static_k = args.static_k if "static" in chosen else []
         strategies += mtp_strategies("student", student, student_ckpt, static_k,
-                                     args.taus if "confadapt" in chosen else [], n, common)
+                                     args.taus if "confadapt" in chosen else [], n, shared)
         if "self_speculative" in chosen:
             if 1 not in static_k:  # its reference: the student's own k=1 greedy output
-                strategies += mtp_strategies("student", student, student_ckpt, [1], [], n, common)
+                strategies += mtp_strategies("student", student, student_ckpt, [1], [], n, shared)
             strategies += [Strategy("student", f"self-speculative k={k}", "self-speculative",
-                                    partial(generate_self_speculative, student, mask_id=mask_id, k=k, **common), n,
+                                    partial(generate_self_speculative, student, mask_id=mask_id, k=k, **shared), n,
                                     (S, 0), (LARGE["student"], 0), reference="student/static k=1")
                            for k in args.self_k]
     if draft is not None and "speculative" in chosen:
         strategies += [Strategy("teacher + draft", f"speculative gamma={gamma}", "speculative",
-                                partial(generate_speculative, teacher, draft, gamma=gamma, **common), n,
+                                partial(generate_speculative, teacher, draft, gamma=gamma, **shared), n,
                                 (T, D), (LARGE["teacher"], LARGE["draft"]), reference=by_teacher)
                        for gamma in args.gammas]
     if student is not None and "mtp_speculative" in chosen:
         strategies += [Strategy("teacher + student", f"MTP-drafted speculative k={k}", "MTP-drafted speculative",
-                                partial(generate_mtp_speculative, teacher, student, mask_id=mask_id, k=k, **common), n,
+                                partial(generate_mtp_speculative, teacher, student, mask_id=mask_id, k=k, **shared), n,
                                 (T, S), (LARGE["teacher"], LARGE["student"]), reference=by_teacher)
                        for k in args.mtp_k]
     return strategies, {} if student is None else {"student": (student, student_ckpt)}
 
 
-def mtp_strategies(model, student, ckpt, static_k, taus, n, common):
+def mtp_strategies(model, student, ckpt, static_k, taus, n, shared):
     """A student's static-k rows (k moving) and ConfAdapt rows (tau moving, k = its k_max)."""
-    mtp = dict(mask_id=ckpt["mask_id"], bidirectional=ckpt["bidirectional"], **common)
+    mtp = dict(mask_id=ckpt["mask_id"], bidirectional=ckpt["bidirectional"], **shared)
     sizes, large = (student.num_params(), 0), (LARGE["student"], 0)
     return ([Strategy(model, f"static k={k}", "static k", partial(generate_mtp, student, k=k, **mtp), n, sizes, large)
              for k in static_k]
@@ -337,10 +339,14 @@ def load_problems(path, n):
                 problem = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path} line {lineno} is not valid JSON ({e.msg})") from None
-            if not isinstance(problem, dict) or not {"question", "answer"} <= problem.keys():
-                raise UserError(f"{path} line {lineno} has no \"question\" and \"answer\" fields: "
-                                f"give the test.jsonl that data/prepare.py writes") from None
+            missing = [key for key in ("question", "answer")
+                       if not isinstance(problem, dict) or not isinstance(problem.get(key), str)]
+            if missing:
+                raise UserError(f"{path} line {lineno} has no {' and no '.join(repr(k) for k in missing)} text: "
+                                f"give the test.jsonl that data/prepare.py writes")
             problems.append(problem)
+    if not problems:
+        raise UserError(f"{path} holds no problems: give the test.jsonl that data/prepare.py writes")
     if len(problems) < n:
         print(f"note: {path} has {len(problems)} problems, fewer than --n {n}", file=sys.stderr)
     return problems
@@ -417,22 +423,22 @@ def main(args):
     test_path = args.test or os.path.join(os.path.dirname(teacher_ckpt["tokenizer"]), "test.jsonl")
     problems = load_problems(test_path, args.n)
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
-    common = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab, compiled=args.compile)
-    strategies, students = build_strategies(args, teacher, teacher_ckpt, len(problems), common, device)
+    shared = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab, compiled=args.compile)
+    strategies, students = build_strategies(args, teacher, teacher_ckpt, len(problems), shared, device)
     print(f"benchmarking {len(strategies)} strategies on {len(problems)} problems from {test_path} on {device}, "
           f"interleaved problem by problem")
     t0 = time.time()
     rows, tallies = run_bench(strategies, problems, enc)
-    gate = None
+    calib = None
     k1 = {s.model: t.outputs for s, t in zip(strategies, tallies) if s.name == "static k=1"}
-    for row, s, t in zip(rows, strategies, tallies):
-        if s.family in ("ConfAdapt", "static k") and s.name != "static k=1" and s.model in k1:
-            row["first_departure"] = first_departures(t.outputs, t.chunks, k1[s.model])
-    if "student" in k1 and not args.compare:
+    if "student" in k1 and not args.compare:  # what ConfAdapt's gate lets through
+        for row, s, t in zip(rows, strategies, tallies):
+            if s.model == "student" and s.family in ("ConfAdapt", "static k") and s.name != "static k=1":
+                row["first_departure"] = first_departures(t.outputs, t.chunks, k1["student"])
         print("the student's confidence against its own k=1 answers, teacher-forced ...")
-        gate = calibration(*students["student"], teacher, problems, k1["student"], enc)
+        calib = calibration(*students["student"], teacher, problems, k1["student"], enc)
     write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_id, device, (time.time() - t0) / 60,
-                  gate)
+                  calib)
 
 
 if __name__ == "__main__":

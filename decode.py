@@ -59,7 +59,7 @@ class Generation:
 
 
 # `compiled` (every strategy): each pass is padded to one fixed width and runs through
-# torch.compile (`forward_new`): the same tokens, but where rounding decides a near tie.
+# torch.compile (`forward_new`): the same tokens, except where rounding decides a near tie.
 
 @torch.no_grad()
 def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature=0.0, top_k=None,
@@ -154,31 +154,6 @@ def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vo
     return out
 
 
-def accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, generator=None):
-    """Verify drafts with the target's logits (len(drafts) + 1, vocab_size), row j being the
-    target's prediction after the drafts before j. Returns (accepted, next_token): how many
-    leading drafts stand, and the target's own token after them (a correction, or a bonus
-    token when all were accepted).
-    Greedy: a draft stands if it is the target's argmax, so the output is the target's
-    greedy output. Sampling (Leviathan et al. 2023, Alg. 1): draft d, drawn from q, stands
-    with probability min(1, p(d) / q(d)); at the first rejection the token is drawn from
-    norm(max(0, p - q)). Every emitted token is then distributed exactly as p."""
-    if temperature == 0:
-        target = logits[:, :n_vocab].argmax(-1).tolist()
-        n = 0
-        while n < len(drafts) and drafts[n] == target[n]:
-            n += 1
-        return n, target[n]
-    p = token_probs(logits, temperature, top_k, n_vocab)  # (len(drafts) + 1, n_vocab)
-    for j, (d, q) in enumerate(zip(drafts, draft_probs)):
-        if torch.rand((), device=p.device, generator=generator) * q[d] < p[j, d]:  # r < p(d) / q(d)
-            continue
-        residual = (p[j] - q).clamp(min=0)
-        residual = residual if residual.sum() > 0 else p[j]  # p == q up to rounding: nothing to correct
-        return j, int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
-    return len(drafts), int(torch.multinomial(p[-1], 1, generator=generator))
-
-
 @torch.no_grad()
 def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, compiled=False):
     """Self-speculative MTP (blockwise parallel decoding, Stern et al. 2018; one of the paper's
@@ -241,7 +216,7 @@ def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id
 
 
 # --------------------------------------------------------------------------------------
-# What the strategies share: the cache, picking a token, checks.
+# What the strategies share: the cache, verifying drafts, picking a token, checks.
 
 def new_cache(model):
     """An empty KV cache for one generation, on the model's device and in its dtype."""
@@ -288,6 +263,31 @@ def compiled_forward(model, width):
         return model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
     code = forward.__code__.replace(co_name=f"forward_width_{width}")
     return torch.compile(types.FunctionType(code, forward.__globals__, closure=forward.__closure__), dynamic=False)
+
+
+def accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, generator=None):
+    """Verify drafts with the target's logits (len(drafts) + 1, vocab_size), row j being the
+    target's prediction after the drafts before j. Returns (accepted, next_token): how many
+    leading drafts stand, and the target's own token after them (a correction, or a bonus
+    token when all were accepted).
+    Greedy: a draft stands if it is the target's argmax, so the output is the target's
+    greedy output. Sampling (Leviathan et al. 2023, Alg. 1): draft d, drawn from q, stands
+    with probability min(1, p(d) / q(d)); at the first rejection the token is drawn from
+    norm(max(0, p - q)). Every emitted token is then distributed exactly as p."""
+    if temperature == 0:
+        target = logits[:, :n_vocab].argmax(-1).tolist()
+        n = 0
+        while n < len(drafts) and drafts[n] == target[n]:
+            n += 1
+        return n, target[n]
+    p = token_probs(logits, temperature, top_k, n_vocab)  # (len(drafts) + 1, n_vocab)
+    for j, (d, q) in enumerate(zip(drafts, draft_probs)):
+        if torch.rand((), device=p.device, generator=generator) * q[d] < p[j, d]:  # r < p(d) / q(d)
+            continue
+        residual = (p[j] - q).clamp(min=0)
+        residual = residual if residual.sum() > 0 else p[j]  # p == q up to rounding: nothing to correct
+        return j, int(torch.multinomial(residual / residual.sum(), 1, generator=generator))
+    return len(drafts), int(torch.multinomial(p[-1], 1, generator=generator))
 
 
 def token_probs(logits, temperature, top_k, n_vocab):
@@ -385,7 +385,7 @@ def main(args):
     prompt_ids = enc.encode_ordinary(text) if args.prompt.strip() else []
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    common = dict(prompt_ids=prompt_ids, max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab,
+    shared = dict(prompt_ids=prompt_ids, max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab,
                   compiled=args.compile)
 
     t0 = time.time()
@@ -397,25 +397,25 @@ def main(args):
                 raise UserError(f"{args.draft} was distilled with --bidirectional blocks; MTP-drafted speculative "
                                 f"decoding drafts with causal ones: draft with a causal student")
             k = student_k(args.k, dckpt, args.draft)
-            out = generate_mtp_speculative(model, drafter, mask_id=dckpt["mask_id"], k=k, **common)
+            out = generate_mtp_speculative(model, drafter, mask_id=dckpt["mask_id"], k=k, **shared)
             how = f"MTP-drafted speculative, student drafts k={k} per pass"
         else:
             out = generate_speculative(model, drafter, gamma=args.gamma, temperature=args.temperature,
-                                       top_k=args.top_k, generator=generator, **common)
+                                       top_k=args.top_k, generator=generator, **shared)
             how = f"speculative, gamma={args.gamma}, " + ("greedy" if args.temperature == 0 else
                                                           f"temperature {args.temperature}")
     elif ckpt["kind"] == "student":
         k = student_k(args.k, ckpt, args.ckpt)
         if args.self_speculative:
-            out = generate_self_speculative(model, mask_id=ckpt["mask_id"], k=k, **common)
+            out = generate_self_speculative(model, mask_id=ckpt["mask_id"], k=k, **shared)
             how = f"self-speculative, k={k}"
         else:
             out = generate_mtp(model, mask_id=ckpt["mask_id"], k=k, tau=None if args.static else args.tau,
-                               bidirectional=ckpt["bidirectional"], **common)
+                               bidirectional=ckpt["bidirectional"], **shared)
             how = f"static k={k}" if args.static else f"ConfAdapt tau={args.tau}, k_max={k}"
     else:
         out = generate_ntp(model, temperature=args.temperature, top_k=args.top_k, use_cache=not args.no_cache,
-                           generator=generator, **common)
+                           generator=generator, **shared)
         how = "NTP " + ("greedy" if args.temperature == 0 else f"sampling at temperature {args.temperature}")
     elapsed = time.time() - t0
     print(text + (show_chunks(enc, out, eos_id) if args.show_chunks

@@ -31,8 +31,8 @@ class GPTConfig:
 
 class KVCache:
     """Keys and values of every layer for every position of the context: slot t holds the
-    token at position t. `length` is the decoder's count of leading slots that hold tokens it
-    has accepted; rolling back rejected drafts or stale masks is lowering it."""
+    token at position t. `length` is the decoder's count of the slots written so far; it
+    forgets stale masks or rejected drafts by lowering it, and the next pass writes over them."""
 
     def __init__(self, config, batch_size=1, device="cpu", dtype=torch.float32):
         shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
@@ -64,8 +64,8 @@ class CausalSelfAttention(nn.Module):
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:  # write at the tokens' positions, then attend over the slots the mask covers
-            cache.k[layer, :, :, pos] = k
-            cache.v[layer, :, :, pos] = v
+            cache.k[layer, :, :, pos] = k.to(cache.k.dtype)
+            cache.v[layer, :, :, pos] = v.to(cache.v.dtype)
             n_keys = attn_mask.size(-1)
             k = cache.k[layer, :, :, :n_keys].to(q.dtype)  # (B, nh, n_keys, hs)
             v = cache.v[layer, :, :, :n_keys].to(q.dtype)

@@ -1,7 +1,8 @@
 """
 bench.py's tables and pictures, from the rows it measured: the markdown tables (every row, the
-curves at matched tokens per pass, the wrong steps by kind, the ablations side by side), the
-Pareto picture (paper figure 5), the answers one box per forward pass (paper figure 1), and the
+curves at matched tokens per pass, the wrong steps by kind, where answers first part from k=1,
+the student's calibration, the ablations side by side), the Pareto picture (paper figure 5),
+the answers one box per forward pass (paper figure 1), the calibration picture, and the
 ablations' curves and agreement.
 """
 import json
@@ -10,8 +11,8 @@ import sys
 import textwrap
 
 
-def write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_id, device, minutes, gate=None):
-    """bench.{json,md}, pareto.png and chunks.png (and calibration.{json,png} from `gate`,
+def write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_id, device, minutes, calib=None):
+    """bench.{json,md}, pareto.png and chunks.png (and calibration.{json,png} from `calib`,
     bench.calibration's result), or with --compare ablations.{json,md,png} and agreement.png;
     then the table on screen and the rows as one JSON line."""
     os.makedirs(args.out_dir, exist_ok=True)
@@ -23,8 +24,8 @@ def write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_
     else:
         table = markdown_table(rows) + "\n\n" + matched_table(rows) + "\n\n" + step_table(rows[0])
         table += "\n\n" + departure_table(rows)
-        if gate is not None:
-            table += "\n\n" + calibration_table(**gate)
+        if calib is not None:
+            table += "\n\n" + calibration_table(**calib)
     command = "python bench.py " + " ".join(sys.argv[1:])
     with open(os.path.join(args.out_dir, f"{stem}.json"), "w") as f:
         json.dump(rows, f, indent=1)
@@ -46,11 +47,11 @@ def write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_
             chunks_plot(examples, os.path.join(args.out_dir, "chunks.png"),
                         f"How the student wrote held-out answers: {s.name}, one box per forward pass")
             written.append("chunks.png")
-        if gate is not None:
+        if calib is not None:
             with open(os.path.join(args.out_dir, "calibration.json"), "w") as f:
-                json.dump({"bins": gate["bins"], "sums": gate["sums"].tolist(), "columns": [
+                json.dump({"bins": calib["bins"], "sums": calib["sums"].tolist(), "columns": [
                     "predictions", "confidence", "equal to the k=1 token", "equal to the teacher's"]}, f)
-            calibration_plot(gate["sums"], os.path.join(args.out_dir, "calibration.png"), title)
+            calibration_plot(calib["sums"], os.path.join(args.out_dir, "calibration.png"), title)
             written += ["calibration.json", "calibration.png"]
     print("\n" + table + "\n")
     print(f"{minutes:.1f} min; wrote " + ", ".join(os.path.join(args.out_dir, w) for w in written))

@@ -26,7 +26,7 @@ from training import (add_training_flags, all_ranks_mean, any_process_stopped, a
                       finish, get_batch, get_lr, load_tokens, open_run, parse_with_presets, restore_run, save_run,
                       settings_line, setup_processes, stop_on_signals, wrap_model)
 
-# teacher and draft fit a 2-core CPU (docs/notebook.md: how the teacher's were chosen); the _gpu
+# teacher and draft fit a 2-core CPU (docs/notebook.md: how the teacher's settings were chosen); the _gpu
 # presets are one-GPU sizes. The draft model has >= 4x fewer parameters than its teacher.
 PRESETS = {
     "teacher": dict(kind="teacher", out="out/teacher.pt", n_layer=4, n_head=4, n_embd=128,

@@ -153,11 +153,11 @@ def autocast_context(device_type, bf16):
     return contextlib.nullcontext()
 
 
-def memory_available(device_type):
+def memory_available(device):
     """Bytes of memory the device has (the machine's RAM for CPUs and Apple's unified memory),
     or None where it cannot be told."""
-    if device_type == "cuda":
-        return torch.cuda.mem_get_info()[1]
+    if device.startswith("cuda"):
+        return torch.cuda.mem_get_info(device)[1]
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -171,7 +171,7 @@ def check_memory(args, vocab_size, procs):
     channel (the attention's and the MLP's inputs and outputs) and 2 per vocabulary entry (the
     logits and their softmax): a rough count, enough to tell a run that fits from one that
     cannot."""
-    available = memory_available(procs.device_type)
+    available = memory_available(procs.device)
     if available is None:
         return
     per_token = 4 * (24 * args.n_layer * args.n_embd + 2 * vocab_size)  # bytes, fp32

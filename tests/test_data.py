@@ -80,7 +80,7 @@ def test_commutative_operands_come_in_both_orders():
 @pytest.mark.parametrize("template", [problems.shop_change, problems.share_pizza, problems.age_future],
                          ids=lambda t: t.__name__)
 def test_solution_count_is_what_the_generator_writes(template):
-    """solution_count (whose log2 the README reports as bits per solution) is exactly the
+    """solution_count (whose log2 docs/data.md reports as bits per solution) is exactly the
     number of distinct texts that writing the same question many times produces."""
     _, steps, texts = solutions(template, n_texts=4000)
     assert len(set(texts)) == problems.solution_count(steps)

@@ -42,6 +42,7 @@ def places(tiny_data, tmp_path_factory):
          "STUDENT": str(d / "student.pt"), "CORRUPT": str(d / "corrupt.pt"), "STRANGER": str(d / "stranger.pt"),
          "CHANGED": str(d / "changed.pt"), "MOVED": str(d / "moved.pt"), "BAD_JSONL": str(d / "bad.jsonl"),
          "SHORT_RUN": str(d / "short_run.pt"), "LONG": "many words " * 40, "NO_FIELDS": str(d / "no_fields.jsonl"),
+         "EMPTY": str(d / "empty.jsonl"),
          "MEMORY": f"{memory_available('cpu') / 2**30:.0f}"}
     save_checkpoint(p["TEACHER"], model, "teacher", tokenizer)
     save_checkpoint(p["DRAFT"], model, "draft", tokenizer)
@@ -58,6 +59,7 @@ def places(tiny_data, tmp_path_factory):
     os.remove(d / "moved" / "tokenizer.json")
     open(p["BAD_JSONL"], "w").write('{"question": "a", "answer": "b"}\nnot json\n')
     open(p["NO_FIELDS"], "w").write('{"text": "Mia has 3 apples."}\n')
+    open(p["EMPTY"], "w").write("\n")
     r = run_script("train_ntp.py", "--data_dir", str(tiny_data), "--out", p["SHORT_RUN"], "--max_iters", "2",
                    "--eval_iters", "1", "--device", "cpu")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -88,6 +90,6 @@ def test_the_table_covers_every_kind_of_bad_input():
                  "final learning rate above the peak", "dropout of 1", "negative warm-up",
                  "seed too large", "no steps", "negative prefix loss", "longer than the teacher's context",
                  "no new tokens", "among no tokens", "bench of no problems", "gamma of 0", "never fill",
-                 "smaller than the bytes", "no training problems", "without questions and answers",
+                 "smaller than the bytes", "no training problems", "without questions and answers", "with no problems",
                  "too long for memory"):
         assert case in tried, case
