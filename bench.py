@@ -231,9 +231,12 @@ def first_departures(outputs, chunks, references):
         kind = ("dropped" if d + 1 < len(ref) and out[d] == ref[d + 1] else
                 "repeated" if d > 0 and out[d] == ref[d - 1] else "other")
         kinds[kind] += 1
-        passes_before = next(i for i in range(len(sizes) + 1) if sum(sizes[:i + 1]) > d)
-        place = d - sum(sizes[:passes_before]) + 1
-        places[place] = places.get(place, 0) + 1
+        start = 0  # the first token of the pass that wrote token d
+        for size in sizes:
+            if d < start + size:
+                break
+            start += size
+        places[d - start + 1] = places.get(d - start + 1, 0) + 1
     return {"answers": sum(kinds.values()), **kinds, "place": dict(sorted(places.items()))}
 
 
@@ -333,7 +336,9 @@ def load_problems(path, n):
     problems = []
     with open(path) as f:
         for lineno, line in enumerate(f, start=1):
-            if not line.strip() or len(problems) == n:
+            if len(problems) == n:
+                break
+            if not line.strip():
                 continue
             try:
                 problem = json.loads(line)
