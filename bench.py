@@ -39,6 +39,7 @@ from data.problems import final_answer, format_prompt
 from data.tokenizer import EOT
 from decode import generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative, generate_speculative
 from distill_mtp import mtp_layout
+from model import mask_tokens
 from report import write_outputs
 
 
@@ -203,7 +204,8 @@ def calibration(student, ckpt, teacher, problems, k1_answers, enc, bins=CONFIDEN
         if len(points) == 0:
             continue
         pos, mask, read = mtp_layout(len(x), k, points, ckpt["bidirectional"])
-        idx = torch.cat([x, torch.full((len(points) * (k - 1),), ckpt["mask_id"])])[None].to(device)
+        masks = torch.tensor(mask_tokens(ckpt["mask_id"], k - 1, ckpt["mask_per_offset"]) * len(points))
+        idx = torch.cat([x, masks])[None].to(device)                      # (1, N + M (k-1))
         logits, _ = student(idx, pos=pos.to(device), attn_mask=mask.to(device))
         probs = torch.softmax(logits[0, read][..., :enc.n_vocab].float(), dim=-1).cpu()  # (M, k, n_vocab)
         confidence, token = probs.max(dim=-1)                            # (M, k) each
@@ -272,7 +274,8 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
         D = draft.num_params()
     if os.path.exists(args.student) and {"static", "confadapt", "self_speculative", "mtp_speculative"} & chosen:
         student, student_ckpt = load_student(args.student, args, teacher_ckpt, device)
-        mask_id, S = student_ckpt["mask_id"], student.num_params()
+        S = student.num_params()
+        masks = dict(mask_id=student_ckpt["mask_id"], mask_per_offset=student_ckpt["mask_per_offset"])
     if draft is not None and "draft" in chosen:
         strategies.append(Strategy("draft", "ntp greedy", "ntp", partial(generate_ntp, draft, **shared), n,
                                    (D, 0), (LARGE["draft"], 0)))
@@ -284,7 +287,7 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
             if 1 not in static_k:  # its reference: the student's own k=1 greedy output
                 strategies += mtp_strategies("student", student, student_ckpt, [1], [], n, shared)
             strategies += [Strategy("student", f"self-speculative k={k}", "self-speculative",
-                                    partial(generate_self_speculative, student, mask_id=mask_id, k=k, **shared), n,
+                                    partial(generate_self_speculative, student, k=k, **masks, **shared), n,
                                     (S, 0), (LARGE["student"], 0), reference="student/static k=1")
                            for k in args.self_k]
     if draft is not None and "speculative" in chosen:
@@ -294,7 +297,7 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
                        for gamma in args.gammas]
     if student is not None and "mtp_speculative" in chosen:
         strategies += [Strategy("teacher + student", f"MTP-drafted speculative k={k}", "MTP-drafted speculative",
-                                partial(generate_mtp_speculative, teacher, student, mask_id=mask_id, k=k, **shared), n,
+                                partial(generate_mtp_speculative, teacher, student, k=k, **masks, **shared), n,
                                 (T, S), (LARGE["teacher"], LARGE["student"]), reference=by_teacher)
                        for k in args.mtp_k]
     return strategies, {} if student is None else {"student": (student, student_ckpt)}
@@ -302,7 +305,8 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
 
 def mtp_strategies(model, student, ckpt, static_k, taus, n, shared):
     """A student's static-k rows (k moving) and ConfAdapt rows (tau moving, k = its k_max)."""
-    mtp = dict(mask_id=ckpt["mask_id"], bidirectional=ckpt["bidirectional"], **shared)
+    mtp = dict(mask_id=ckpt["mask_id"], mask_per_offset=ckpt["mask_per_offset"], bidirectional=ckpt["bidirectional"],
+               **shared)
     sizes, large = (student.num_params(), 0), (LARGE["student"], 0)
     return ([Strategy(model, f"static k={k}", "static k", partial(generate_mtp, student, k=k, **mtp), n, sizes, large)
              for k in static_k]
@@ -397,7 +401,7 @@ def parse_args(argv=None):
     p.add_argument("--static_k", default="1,2,3,4,5", help="student: static k values (k=1 is the student's NTP)")
     p.add_argument("--taus", default="0.6,0.8,0.9,0.95,0.99", help="student: ConfAdapt thresholds")
     p.add_argument("--gammas", default="2,4", help="speculative: draft tokens per step")
-    p.add_argument("--self_k", default="4", help="self-speculative: positions read per pass")
+    p.add_argument("--self_k", default="4,8", help="self-speculative: positions read per pass")
     p.add_argument("--mtp_k", default="4", help="MTP-drafted speculative: tokens the student drafts per pass")
     p.add_argument("--test", default=None, help="test.jsonl (None: next to the teacher's tokenizer)")
     p.add_argument("--n", type=int, default=400, help="test problems (the first n of the test file)")

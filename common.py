@@ -110,6 +110,8 @@ def load_checkpoint(path, kinds=CHECKPOINT_KINDS, device="cpu"):
     if ckpt["kind"] not in kinds:
         raise UserError(f"{path} is a {ckpt['kind']} checkpoint, but a {' or '.join(kinds)} "
                         f"checkpoint is needed here")
+    if ckpt["kind"] == "student":
+        ckpt.setdefault("mask_per_offset", False)  # students distilled before it was a choice had one <MTP>
     return ckpt
 
 

@@ -28,7 +28,7 @@ from common import (HelpFormatter, UserError, check_flags, check_same_tokenizer,
                     student_k)
 from data.problems import format_prompt
 from data.tokenizer import EOT
-from model import KVCache
+from model import KVCache, mask_tokens
 
 
 @dataclass
@@ -84,14 +84,17 @@ def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature
 
 
 @torch.no_grad()
-def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, tau=None, bidirectional=False,
-                 compiled=False):
+def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, tau=None, gate="token",
+                 mask_per_offset=False, bidirectional=False, compiled=False):
     """Multi-token prediction with the student's <MTP> mask (paper Sec. 3.4 and 4.5-4.6).
 
     Every forward pass feeds the newly accepted tokens plus k-1 masks and reads k greedy
     predictions from the last k positions (the last real token predicts token 1, mask j
     predicts token j+1). Static k (tau=None) emits all k. ConfAdapt(tau) emits the longest
-    leading run whose confidence (max softmax) is >= tau, always at least one token.
+    leading run whose confidence (max softmax) is >= tau, always at least one token:
+    gate="token" asks it of each token's own confidence (the paper); gate="run" of the
+    product of the confidences up to the token, the student's own odds that the whole run
+    is right, so a run of tokens each barely above tau stops sooner.
     The masks' cache entries are stale once their tokens are known, so the cache is cut back
     to the last real token; the accepted tokens are fed as real tokens on the next pass.
     `bidirectional`: the student was distilled with masks that see each other both ways."""
@@ -99,17 +102,21 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
     check_k(k, model)
     if tau is not None and not 0 < tau <= 1:
         raise UserError(f"tau must be in (0, 1], got {tau}")
+    if gate not in ("token", "run"):
+        raise UserError(f"gate must be 'token' or 'run', got {gate!r}")
     cache = new_cache(model)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < model.config.block_size:
         n_masks = min(k, model.config.block_size - len(seq)) - 1  # emitted tokens stay inside the context
-        logits = forward_new(model, cache, seq, [mask_id] * n_masks, bidirectional,
+        logits = forward_new(model, cache, seq, mask_tokens(mask_id, n_masks, mask_per_offset), bidirectional,
                              width=2 * k - 1 if compiled else None)  # (n_masks + 1, vocab_size)
         out.n_forward += 1
         cache.truncate(len(seq))  # forget the masks' keys/values
         confidence, tokens = torch.softmax(logits[:, :n_vocab].float(), dim=-1).max(dim=-1)  # (n_masks + 1,)
         n_emit = n_masks + 1
         if tau is not None:  # ConfAdapt: stop before the first position below tau
+            if gate == "run":
+                confidence = confidence.cumprod(0)
             below = (confidence < tau).nonzero()
             n_emit = max(1, int(below[0]) if len(below) else n_emit)
         chunk = tokens[:n_emit].tolist()
@@ -155,7 +162,8 @@ def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vo
 
 
 @torch.no_grad()
-def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, compiled=False):
+def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, mask_per_offset=False,
+                              compiled=False):
     """Self-speculative MTP (blockwise parallel decoding, Stern et al. 2018; one of the paper's
     directions for future research, Sec. 6). One pass of the student feeds: the new real tokens,
     the drafts its masks made last pass, and k-1 fresh masks. Its next-token predictions at the
@@ -169,7 +177,7 @@ def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab
         room = min(model.config.block_size - len(seq), max_new_tokens - len(out.tokens)) - 1  # drafts + masks
         drafts = drafts[:room]
         n_masks = min(k - 1, room - len(drafts))
-        logits = forward_new(model, cache, seq, drafts + [mask_id] * n_masks,
+        logits = forward_new(model, cache, seq, drafts + mask_tokens(mask_id, n_masks, mask_per_offset),
                              width=2 * k - 1 if compiled else None)  # (len(drafts) + n_masks + 1, V)
         out.n_forward += 1
         n, token = accept_drafts(logits[:len(drafts) + 1], drafts, None, 0, None, n_vocab)
@@ -187,7 +195,7 @@ def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab
 
 @torch.no_grad()
 def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
-                             compiled=False):
+                             mask_per_offset=False, compiled=False):
     """MTP-drafted speculative decoding: the student drafts k tokens in ONE pass (its last real
     token and k-1 masks), the teacher verifies them in one pass. Lossless: the output is the
     teacher's greedy output; the student only decides how many passes it takes."""
@@ -199,7 +207,7 @@ def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id
         g = min(k, target.config.block_size - len(seq) - 1, max_new_tokens - len(out.tokens) - 1)
         drafts = []
         if g > 0:  # the student feeds <= k + 1 new tokens and k-1 masks
-            s_logits = forward_new(student, s_cache, seq, [mask_id] * (g - 1),
+            s_logits = forward_new(student, s_cache, seq, mask_tokens(mask_id, g - 1, mask_per_offset),
                                    width=2 * k if compiled else None)  # (g, vocab_size)
             out.n_draft_forward += 1
             s_cache.truncate(len(seq))  # the masks are stale
@@ -353,6 +361,9 @@ def parse_args():
     p.add_argument("--no_cache", action="store_true", help="recompute the whole sequence every step")
     p.add_argument("--k", type=int, default=None, help="student: positions read per pass (None: its k_max)")
     p.add_argument("--tau", type=float, default=0.9, help="student: ConfAdapt confidence threshold in (0, 1]")
+    p.add_argument("--gate", choices=["token", "run"], default="token",
+                   help="student: ConfAdapt asks tau of each token's confidence (the paper), or of the product of "
+                   "the confidences up to it")
     p.add_argument("--static", action="store_true", help="student: emit all k tokens of every pass")
     p.add_argument("--self-speculative", action="store_true",
                    help="student: draft with the masks, verify the drafts on the next pass (lossless)")
@@ -397,7 +408,8 @@ def main(args):
                 raise UserError(f"{args.draft} was distilled with --bidirectional blocks; MTP-drafted speculative "
                                 f"decoding drafts with causal ones: draft with a causal student")
             k = student_k(args.k, dckpt, args.draft)
-            out = generate_mtp_speculative(model, drafter, mask_id=dckpt["mask_id"], k=k, **shared)
+            out = generate_mtp_speculative(model, drafter, mask_id=dckpt["mask_id"], k=k,
+                                           mask_per_offset=dckpt["mask_per_offset"], **shared)
             how = f"MTP-drafted speculative, student drafts k={k} per pass"
         else:
             out = generate_speculative(model, drafter, gamma=args.gamma, temperature=args.temperature,
@@ -407,12 +419,14 @@ def main(args):
     elif ckpt["kind"] == "student":
         k = student_k(args.k, ckpt, args.ckpt)
         if args.self_speculative:
-            out = generate_self_speculative(model, mask_id=ckpt["mask_id"], k=k, **shared)
+            out = generate_self_speculative(model, mask_id=ckpt["mask_id"], k=k,
+                                            mask_per_offset=ckpt["mask_per_offset"], **shared)
             how = f"self-speculative, k={k}"
         else:
             out = generate_mtp(model, mask_id=ckpt["mask_id"], k=k, tau=None if args.static else args.tau,
+                               gate=args.gate, mask_per_offset=ckpt["mask_per_offset"],
                                bidirectional=ckpt["bidirectional"], **shared)
-            how = f"static k={k}" if args.static else f"ConfAdapt tau={args.tau}, k_max={k}"
+            how = f"static k={k}" if args.static else f"ConfAdapt tau={args.tau} ({args.gate} gate), k_max={k}"
     else:
         out = generate_ntp(model, temperature=args.temperature, top_k=args.top_k, use_cache=not args.no_cache,
                            generator=generator, **shared)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from common import HelpFormatter, UserError, check_flags, load_checkpoint, model_from_checkpoint, tokenizer_from_checkpoint
 from data.tokenizer import EOT
-from model import add_mask_token
+from model import GPT, GPTConfig, add_mask_token, mask_tokens
 from training import (add_training_flags, all_ranks_mean, any_process_stopped, autocast_context, finish, get_batch,
                       get_lr, load_tokens, open_run, parse_with_presets, restore_run, save_run, settings_line,
                       setup_processes, stop_on_signals, wrap_model)
@@ -68,11 +68,22 @@ def parse_args(argv=None):
                    help="hard: the teacher's argmax as target; soft: KL to its distribution")
     g.add_argument("--prefix_loss", type=float, default=0.0,
                    help="weight of an extra NTP loss on the ground-truth positions (the paper: 0)")
+    g.add_argument("--prefix_target", choices=["data", "teacher"], default="data",
+                   help="the prefix loss's target: the data's next token (cross-entropy), or the teacher's "
+                   "distribution there (KL: self-distillation at k=1)")
+    g.add_argument("--mask_per_offset", action=argparse.BooleanOptionalAction, default=False,
+                   help="one mask token per block offset (<MTP_1> .. <MTP_k-1>) instead of one <MTP> for all")
+    g.add_argument("--adapter_rank", type=int, default=0,
+                   help="train only a rank-r update applied at the masks (Samragh et al. 2025), the teacher's "
+                   "weights frozen, so the student's k=1 is the teacher; 0: train every weight (the paper)")
     g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=False,
                    help="masks in a block see each other both ways (else causal)")
     add_training_flags(p, weight_decay=0.0, eval_iters=10)
     args = parse_with_presets(p, PRESETS, "cpu", argv)
-    check_flags(args, positive=("k_min",), non_negative=("points", "prefix_loss"))
+    check_flags(args, positive=("k_min",), non_negative=("points", "prefix_loss", "adapter_rank"))
+    if args.adapter_rank and args.prefix_loss:
+        raise UserError("with --adapter_rank the real tokens keep the teacher's weights, so a prefix loss has "
+                        "nothing to keep: add --prefix_loss 0")
     if not args.k_min <= args.k_max:
         raise UserError(f"need 1 <= --k_min <= --k_max, got k_min={args.k_min}, k_max={args.k_max}")
     return args
@@ -145,7 +156,8 @@ def show_mask():
 # The critic loss (paper Sec. 3.3, eq. 2-3): the teacher scores the student's own rollout.
 
 def distill_loss(student, teacher, x, y, k, points, mask_id, n_vocab, *, supervision="critic",
-                 teacher_readout="hard", prefix_loss=0.0, bidirectional=False):
+                 teacher_readout="hard", prefix_loss=0.0, prefix_target="data", mask_per_offset=False,
+                 bidirectional=False):
     """
     x, y: (B, N) ground-truth inputs and next tokens; k: tokens per block; points: (M,) prediction
     points. The keywords are distill_mtp.py's flags of the same names (the paper's ablations).
@@ -156,7 +168,8 @@ def distill_loss(student, teacher, x, y, k, points, mask_id, n_vocab, *, supervi
     device = x.device
     pos, mask, read = (t.to(device) for t in mtp_layout(N, k, points, bidirectional))
     M = len(points)
-    masks = torch.full((B, M * (k - 1)), mask_id, dtype=x.dtype, device=device)
+    masks = torch.tensor(mask_tokens(mask_id, k - 1, mask_per_offset) * M, dtype=x.dtype, device=device)
+    masks = masks.expand(B, -1)  # (B, M (k-1)): block after block
     logits, _ = student(torch.cat([x, masks], dim=1), pos=pos, attn_mask=mask)  # (B, L, V)
     s_logits = logits[:, read][..., :n_vocab]          # (B, M, k, V): the student's block predictions
     rollout = s_logits.argmax(-1)                      # (B, M, k), no gradient through the argmax
@@ -167,8 +180,8 @@ def distill_loss(student, teacher, x, y, k, points, mask_id, n_vocab, *, supervi
             # The teacher is an NTP model: it reads the rollout causally even when the student's masks
             # see each other both ways (a bidirectional teacher would peek at the tokens it scores).
             t_mask = mtp_layout(N, k, points)[1].to(device) if bidirectional else mask
-            t_logits, _ = teacher(torch.cat([x, proposed], dim=1), pos=pos, attn_mask=t_mask)
-            t_logits = t_logits[:, read][..., :n_vocab].float()        # (B, M, k, V)
+            t_all, _ = teacher(torch.cat([x, proposed], dim=1), pos=pos, attn_mask=t_mask)  # (B, L, V)
+            t_logits = t_all[:, read][..., :n_vocab].float()           # (B, M, k, V)
         targets = t_logits.argmax(-1)                                  # (B, M, k)
     else:  # ground truth: token j of block m is x_{i_m + j} = y_{i_m + j - 1}
         targets = y[:, points[:, None].to(device) + torch.arange(k, device=device)]  # (B, M, k)
@@ -178,9 +191,15 @@ def distill_loss(student, teacher, x, y, k, points, mask_id, n_vocab, *, supervi
         loss = F.kl_div(log_probs, F.log_softmax(t_logits, -1), log_target=True, reduction="none").sum(-1).mean()
     else:
         loss = F.nll_loss(log_probs.view(-1, n_vocab), targets.reshape(-1))
-    if prefix_loss > 0:  # optional: keep plain NTP on the ground truth (an ablation)
+    if prefix_loss > 0 and prefix_target == "data":  # keep plain NTP on the ground truth
         loss = loss + prefix_loss * F.cross_entropy(logits[:, :N].float().reshape(-1, logits.size(-1)),
                                                     y.reshape(-1))
+    elif prefix_loss > 0:  # ... or keep the teacher's own next-token distribution there
+        with torch.no_grad():  # the ground truth sees no mask, so the critic's pass already holds it
+            t_real = t_all[:, :N] if supervision == "critic" else teacher(x)[0]  # (B, N, V)
+            t_real = F.log_softmax(t_real[..., :n_vocab].float(), dim=-1)
+        s_real = F.log_softmax(logits[:, :N, :n_vocab].float(), dim=-1)  # (B, N, n_vocab)
+        loss = loss + prefix_loss * F.kl_div(s_real, t_real, log_target=True, reduction="none").sum(-1).mean()
     with torch.no_grad():
         stats = {"agreement": (rollout == targets).float().mean(dim=(0, 1)),  # (k,) per block position
                  "entropy": -(log_probs.exp() * log_probs).sum(-1).mean()}
@@ -211,20 +230,35 @@ def validate(student, teacher, val_data, val_starts, n_points, mask_id, n_vocab,
     return sum(losses) / len(losses), agree
 
 
-def load_teacher_and_student(path, device, seed):
+def load_teacher_and_student(path, device, seed, mask_per_offset=False, k_max=2, adapter_rank=0):
     """The frozen teacher (eval mode, no gradients), its checkpoint and tokenizer, and the
-    student: a copy of it plus the <MTP> token in the first unused vocabulary slot."""
+    student: a copy of it plus the <MTP> token in the first unused vocabulary slot (with
+    `mask_per_offset`, k_max - 1 of them). With `adapter_rank` the student trains only its
+    mask-gated adapter and the masks' embedding rows; every other weight stays the teacher's."""
     teacher_ckpt = load_checkpoint(path, kinds=("teacher",), device=device)
     teacher = model_from_checkpoint(teacher_ckpt, device)
     for p in teacher.parameters():
         p.requires_grad_(False)
     enc = tokenizer_from_checkpoint(teacher_ckpt)
     mask_id = enc.n_vocab  # ids below are the tokenizer's own; the slots from here on are free
-    student = model_from_checkpoint(teacher_ckpt, device)
+    if adapter_rank:
+        student = GPT(GPTConfig(**{**teacher_ckpt["config"], "adapter_rank": adapter_rank, "first_mask_id": mask_id}))
+        missing = student.load_state_dict(teacher_ckpt["model"], strict=False).missing_keys
+        assert all("lora_" in name for name in missing), missing  # all but the adapter, which starts as no change
+        student.to(device)
+    else:
+        student = model_from_checkpoint(teacher_ckpt, device)
+    n_masks = k_max - 1 if mask_per_offset else 1
     try:
-        add_mask_token(student, mask_id, torch.Generator().manual_seed(seed))
+        add_mask_token(student, mask_id, torch.Generator().manual_seed(seed), count=n_masks)
     except ValueError as e:
         raise UserError(f"{e}: train the teacher with the padded vocabulary data/prepare.py writes") from None
+    if adapter_rank:
+        for name, p in student.named_parameters():
+            p.requires_grad_("lora_" in name or name == "transformer.wte.weight")
+        # The embedding is tied to the output layer, so only its mask rows may learn.
+        frozen_rows = torch.arange(student.config.vocab_size, device=device) < mask_id  # (vocab_size,)
+        student.transformer.wte.weight.register_hook(lambda grad: grad.masked_fill(frozen_rows[:, None], 0.0))
     return teacher, teacher_ckpt, enc, student, mask_id
 
 
@@ -234,7 +268,8 @@ def main(args):
     log(settings_line(args))
     torch.manual_seed(args.seed)
 
-    teacher, teacher_ckpt, enc, student, mask_id = load_teacher_and_student(args.teacher, procs.device, args.seed)
+    teacher, teacher_ckpt, enc, student, mask_id = load_teacher_and_student(
+        args.teacher, procs.device, args.seed, args.mask_per_offset, args.k_max, args.adapter_rank)
     block_size = teacher.config.block_size
     if args.k_max >= block_size:
         raise UserError(f"--k_max {args.k_max} must be smaller than the context ({block_size})")
@@ -243,7 +278,8 @@ def main(args):
     val_data, val_starts = load_tokens(data_dir, "val", eot_id, block_size)
     n_points = args.points or max(1, block_size // (2 * args.k_max))  # paper: M = N / (2 k_max)
     loss_settings = dict(supervision=args.supervision, teacher_readout=args.teacher_readout,
-                         prefix_loss=args.prefix_loss, bidirectional=args.bidirectional)
+                         prefix_loss=args.prefix_loss, prefix_target=args.prefix_target,
+                         mask_per_offset=args.mask_per_offset, bidirectional=args.bidirectional)
 
     optimizer = student.configure_optimizers(args.weight_decay, args.lr, (0.9, 0.95), procs.device_type)
     # Three independent random streams: the data, k, and the points' offset. (Drawing k and the
@@ -268,7 +304,8 @@ def main(args):
 
     def checkpoint(val_loss):
         save_run(args.out, raw_student, "student", teacher_ckpt["tokenizer"], step, optimizer, generators, loss_log,
-                 args, mask_id=mask_id, k_max=args.k_max, bidirectional=args.bidirectional, val_loss=val_loss,
+                 args, mask_id=mask_id, mask_per_offset=args.mask_per_offset, k_max=args.k_max,
+                 bidirectional=args.bidirectional, val_loss=val_loss,
                  agreement_log=agreement_log)
 
     log(f"student: {raw_student.num_params() / 1e6:.2f}M parameters, <MTP> = id {mask_id}, "

@@ -1,14 +1,18 @@
 """
 The GPT every other file builds on: GPT-2's architecture (learned position embeddings,
-pre-LayerNorm blocks, GELU MLP, tied input/output embeddings), as in nanoGPT.
+pre-LayerNorm blocks, GELU MLP, tied input/output embeddings), as in nanoGPT; rotary position
+embeddings as an option (`GPTConfig.rotary`).
 
-Two additions, both for multi-token prediction:
+Three additions, all for multi-token prediction:
 - `forward` takes the position of every token and, optionally, a boolean attention mask: the
   MTP training layout appends blocks of <MTP> masks that stand at earlier positions and see
   only part of the sequence (distill_mtp.py builds it).
 - A preallocated KV cache, written at the positions given. Decoding with masks and
   speculative decoding compute keys for tokens they later throw away; rolling back costs
   nothing, because the next forward writes its tokens over the stale slots.
+- Optionally (a student distilled with --adapter_rank), a low-rank update to every linear
+  layer that applies only at the <MTP> masks (`Linear`): the real tokens then run through
+  the teacher's weights unchanged.
 """
 import math
 from dataclasses import dataclass
@@ -27,6 +31,9 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True       # biases in Linear and LayerNorm layers, as GPT-2
+    rotary: bool = False    # rotary position embeddings (RoFormer) instead of GPT-2's learned ones
+    adapter_rank: int = 0   # a student's mask-only low-rank update (Linear); 0: none
+    first_mask_id: int = 0  # with an adapter: ids from here on are <MTP> masks, where it applies
 
 
 class KVCache:
@@ -47,22 +54,58 @@ class KVCache:
         self.length = length
 
 
+class Linear(nn.Linear):
+    """nn.Linear, plus an optional low-rank update B A x (rank r) that applies only where `gate`
+    is True: at the <MTP> masks. This is Samragh et al. 2025's answer to forgetting ("Your LLM
+    Knows the Future", arXiv 2507.11851, gated LoRA): the student learns its masks in A and B
+    alone, the real tokens see the teacher's frozen weights, so its k = 1 output *is* the teacher's."""
+
+    def __init__(self, n_in, n_out, bias, rank=0):
+        super().__init__(n_in, n_out, bias=bias)
+        self.rank = rank
+        if rank:
+            self.lora_a = nn.Parameter(torch.randn(rank, n_in) * 0.02)  # (r, n_in)
+            self.lora_b = nn.Parameter(torch.zeros(n_out, rank))        # (n_out, r): starts as no change
+
+    def forward(self, x, gate=None):
+        y = super().forward(x)
+        if self.rank:
+            y = y + (x @ self.lora_a.t().to(x.dtype) @ self.lora_b.t().to(x.dtype)) * gate  # gate: (B, T, 1) bool
+        return y
+
+
+def rotate(x, pos, inv_freq):
+    """Rotary position embedding (Su et al. 2021, RoFormer): turn each pair of channels of the
+    queries or keys x (B, nh, T, hs) by an angle pos * frequency. A query-key score then depends
+    on their positions only through the distance between them, so a mask always knows how far
+    it stands from the last real token (the paper's Llama and Qwen models are rotary)."""
+    angle = pos[:, None].float() * inv_freq[None]    # (T, hs/2)
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)                      # (B, nh, T, hs/2) each
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
 
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, config.bias, config.adapter_rank)  # q, k, v at once
+        self.c_proj = Linear(config.n_embd, config.n_embd, config.bias, config.adapter_rank)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        hs = config.n_embd // config.n_head
+        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, hs, 2).float() / hs) if config.rotary
+                             else None, persistent=False)  # (hs/2,) the channel pairs' frequencies
 
-    def forward(self, x, pos, attn_mask, cache, layer):
+    def forward(self, x, pos, attn_mask, cache, layer, gate=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = self.c_attn(x, gate).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if self.inv_freq is not None:  # the cache keeps the keys turned, as the next passes read them
+            q, k = rotate(q, pos, self.inv_freq), rotate(k, pos, self.inv_freq)
         if cache is not None:  # write at the tokens' positions, then attend over the slots the mask covers
             cache.k[layer, :, :, pos] = k.to(cache.k.dtype)
             cache.v[layer, :, :, pos] = v.to(cache.v.dtype)
@@ -74,20 +117,20 @@ class CausalSelfAttention(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=attn_mask is None)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y, gate))
 
 
 class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, config.bias, config.adapter_rank)
         self.gelu = nn.GELU()
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, config.bias, config.adapter_rank)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+    def forward(self, x, gate=None):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x, gate)), gate))
 
 
 class Block(nn.Module):
@@ -99,9 +142,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, pos, attn_mask, cache, layer):
-        x = x + self.attn(self.ln_1(x), pos, attn_mask, cache, layer)
-        x = x + self.mlp(self.ln_2(x))
+    def forward(self, x, pos, attn_mask, cache, layer, gate=None):
+        x = x + self.attn(self.ln_1(x), pos, attn_mask, cache, layer, gate)
+        x = x + self.mlp(self.ln_2(x), gate)
         return x
 
 
@@ -112,7 +155,7 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            wpe=None if config.rotary else nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
@@ -125,7 +168,7 @@ class GPT(nn.Module):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear):  # (our Linear keeps its adapter's own init)
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
@@ -134,7 +177,7 @@ class GPT(nn.Module):
 
     def num_params(self):
         """Parameters, not counting position embeddings (as nanoGPT reports them)."""
-        return sum(p.numel() for p in self.parameters()) - self.transformer.wpe.weight.numel()
+        return sum(p.numel() for p in self.parameters()) - (0 if self.config.rotary else self.transformer.wpe.weight.numel())
 
     def forward(self, idx, targets=None, pos=None, attn_mask=None, cache=None):
         """
@@ -163,9 +206,13 @@ class GPT(nn.Module):
         if attn_mask is not None and attn_mask.dim() == 3:
             attn_mask = attn_mask[:, None]  # (B, 1, T, T_keys): the same mask for every head
 
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        gate = (idx >= self.config.first_mask_id)[..., None] if self.config.adapter_rank else None  # (B, T, 1)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if not self.config.rotary:  # else the positions enter in every attention score (rotate)
+            x = x + self.transformer.wpe(pos)
+        x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, pos, attn_mask, cache, layer)
+            x = block(x, pos, attn_mask, cache, layer, gate)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
 
         loss = None
@@ -182,18 +229,25 @@ class GPT(nn.Module):
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
 
-def add_mask_token(model, mask_id, generator=None):
-    """Give the <MTP> mask token an unused vocabulary slot (docs/method.md, "The student").
+def add_mask_token(model, mask_id, generator=None, count=1):
+    """Give the <MTP> mask token an unused vocabulary slot (docs/method.md, "The student"); with
+    `count` > 1, one mask token per block offset, in the slots mask_id .. mask_id + count - 1.
 
-    Its embedding row is drawn from the mean and spread of the rows in use (ids < mask_id),
+    Each embedding row is drawn from the mean and spread of the rows in use (ids < mask_id),
     so it starts as a typical-looking token rather than the random init of an unused slot.
     The embeddings are tied, so this is also its output row: decoding never emits ids from
-    the tokenizer's vocabulary size on (decode.pick_token), the mask included."""
-    if mask_id >= model.config.vocab_size:
-        raise ValueError(f"no free vocabulary slot for <MTP>: the tokenizer uses {mask_id} ids and "
-                         f"the model has {model.config.vocab_size}")
+    the tokenizer's vocabulary size on (decode.pick_token), the masks included."""
+    if mask_id + count > model.config.vocab_size:
+        raise ValueError(f"no free vocabulary slot for {count} <MTP> token(s): the tokenizer uses {mask_id} ids "
+                         f"and the model has {model.config.vocab_size}")
     with torch.no_grad():
         rows = model.transformer.wte.weight[:mask_id]  # (mask_id, n_embd)
-        noise = torch.randn(rows.size(1), generator=generator).to(rows.device)
-        model.transformer.wte.weight[mask_id] = rows.mean(0) + rows.std(0) * noise
+        noise = torch.randn(count, rows.size(1), generator=generator).to(rows.device)  # (count, n_embd)
+        model.transformer.wte.weight[mask_id:mask_id + count] = rows.mean(0) + rows.std(0) * noise
     return model
+
+
+def mask_tokens(mask_id, n, per_offset=False):
+    """The ids of a block's n masks: the one <MTP> id n times, or (a student distilled with
+    --mask_per_offset) mask_id + j - 1 for the mask j places after the last real token."""
+    return [mask_id + j if per_offset else mask_id for j in range(n)]

@@ -58,6 +58,9 @@ def parse_args(argv=None):
     g.add_argument("--n_embd", type=int, help="width of the residual stream (a multiple of --n_head)")
     g.add_argument("--block_size", type=int, default=256, help="context length in tokens")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout rate, in [0, 1)")
+    g.add_argument("--rotary", action=argparse.BooleanOptionalAction, default=False,
+                   help="rotary position embeddings instead of learned ones (a mask then knows its distance "
+                   "from the last real token in every attention score)")
     add_training_flags(p, weight_decay=0.1, eval_iters=20)
     p.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1, in [0, 1)")
     p.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2, in [0, 1)")
@@ -133,7 +136,7 @@ def main(args):
         model = model_from_checkpoint(ckpt, procs.device).train()
     else:
         config = GPTConfig(block_size=args.block_size, vocab_size=padded_vocab_size(enc), n_layer=args.n_layer,
-                           n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout)
+                           n_head=args.n_head, n_embd=args.n_embd, dropout=args.dropout, rotary=args.rotary)
         model = GPT(config).to(procs.device)
     log(f"{args.kind}: {model.num_params() / 1e6:.2f}M parameters, {model.config}")
     optimizer = model.configure_optimizers(args.weight_decay, args.lr, (args.beta1, args.beta2), procs.device_type)

@@ -99,7 +99,7 @@ def test_calibration_counts_every_block_position_against_the_k1_answer(tiny_data
     tests = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:3]
     k1 = [generate_mtp(student, enc.encode_ordinary(problems.format_prompt(t["question"])), 20, eos_id=-1,
                        n_vocab=enc.n_vocab, mask_id=mask_id, k=1).tokens for t in tests]
-    ckpt = {"k_max": 4, "mask_id": mask_id, "bidirectional": False}
+    ckpt = {"k_max": 4, "mask_id": mask_id, "mask_per_offset": False, "bidirectional": False}
     gate = calibration(student, ckpt, teacher, tests, k1, enc)
     sums = gate["sums"]  # (k, bins, [n, confidence, equal to k=1, equal to the teacher])
     assert sums.shape == (4, len(gate["bins"]) - 1, 4)

@@ -9,10 +9,21 @@ from common import UserError, load_checkpoint, model_from_checkpoint, save_check
 from model import GPT, GPTConfig, KVCache
 
 
-@pytest.fixture
-def model():
+@pytest.fixture(params=[False, True], ids=["learned positions", "rotary"])
+def model(request):
     torch.manual_seed(0)
-    return GPT(TINY).eval()
+    return GPT(GPTConfig(**{**TINY.__dict__, "rotary": request.param})).eval()
+
+
+def test_rotary_scores_depend_only_on_distances():
+    """Shift every position by the same amount: a rotary model computes the same thing (a
+    model with learned positions does not)."""
+    torch.manual_seed(0)
+    idx = torch.randint(0, TINY.vocab_size, (1, 20))
+    for rotary in (True, False):
+        model = GPT(GPTConfig(**{**TINY.__dict__, "rotary": rotary})).eval()
+        shifted, _ = model(idx, pos=torch.arange(7, 27))
+        assert torch.allclose(shifted, model(idx)[0], atol=1e-5) == rotary
 
 
 @pytest.mark.parametrize("chunks", [[40], [1] * 40, [10, 1, 1, 28], [25, 15]])
