@@ -6,7 +6,8 @@ Every decoding strategy side by side, on the same held-out problems, in the same
     python bench.py --compare out/ablations/student_*.pt  # the ablations (make ablations)
 
 Rows: the teacher's NTP greedy (the baseline; and without the cache), the draft model, the
-student at static k and ConfAdapt over a tau sweep, speculative decoding (draft -> teacher),
+student at static k and ConfAdapt over a tau sweep (and the same sweep with its confidences
+read at the temperatures fitted after distillation), speculative decoding (draft -> teacher),
 self-speculative decoding (the student verifies its own mask drafts) and MTP-drafted
 speculative decoding (student drafts -> teacher verifies). For each: accuracy on the '####'
 answer with its 95% interval, the share of well-formed answers and of worked steps that are
@@ -40,7 +41,7 @@ from data.tokenizer import EOT
 from decode import generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative, generate_speculative
 from distill_mtp import mtp_layout
 from model import mask_tokens
-from report import write_outputs
+from report import CURVES, write_outputs
 
 
 @dataclass
@@ -190,12 +191,17 @@ CONFIDENCE_BINS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 def calibration(student, ckpt, teacher, problems, k1_answers, enc, bins=CONFIDENCE_BINS):
     """What tau means. Along each of the student's own k=1 answers, a block of k_max-1 masks
     after every answer position, all blocks of an answer in one pass (distill_mtp.mtp_layout).
-    Returns {"bins", "sums"}: sums (k_max, len(bins) - 1, 4) by block position j and bin of the
-    student's confidence (its largest probability) of: predictions, confidence, predictions
-    equal to the k=1 answer's token there, and equal to the teacher's next token there (after
-    the k=1 answer so far). Where a position is calibrated, agreement equals mean confidence."""
+    Returns {"bins", "sums", "calibrated"}: sums (k_max, len(bins) - 1, 4) by block position j
+    and bin of the student's confidence (its largest probability) of: predictions, confidence,
+    predictions equal to the k=1 answer's token there, and equal to the teacher's next token
+    there (after the k=1 answer so far). Where a position is calibrated, agreement equals mean
+    confidence. "calibrated": the same with the confidences read at the student's fitted
+    temperatures (None if it has none): what ConfAdapt's calibrated gate compares with tau."""
     k, device = ckpt["k_max"], teacher.lm_head.weight.device
-    sums = torch.zeros(k, len(bins) - 1, 4)
+    views = {"sums": torch.ones(k)}  # the temperature of every block position in each view
+    if ckpt["temperatures"] is not None:
+        views["calibrated"] = torch.tensor(ckpt["temperatures"])
+    sums = {name: torch.zeros(k, len(bins) - 1, 4) for name in views}
     edges = torch.tensor(bins[1:-1])
     for problem, answer in zip(problems, k1_answers):
         prompt = enc.encode_ordinary(format_prompt(problem["question"]))
@@ -207,17 +213,19 @@ def calibration(student, ckpt, teacher, problems, k1_answers, enc, bins=CONFIDEN
         masks = torch.tensor(mask_tokens(ckpt["mask_id"], k - 1, ckpt["mask_per_offset"]) * len(points))
         idx = torch.cat([x, masks])[None].to(device)                      # (1, N + M (k-1))
         logits, _ = student(idx, pos=pos.to(device), attn_mask=mask.to(device))
-        probs = torch.softmax(logits[0, read][..., :enc.n_vocab].float(), dim=-1).cpu()  # (M, k, n_vocab)
-        confidence, token = probs.max(dim=-1)                            # (M, k) each
+        scores = logits[0, read][..., :enc.n_vocab].float().cpu()       # (M, k, n_vocab)
+        token = scores.argmax(dim=-1)                                    # (M, k)
         ahead = points[:, None] + torch.arange(1, k + 1)                 # (M, k): where block token j stands
         teacher_next = teacher(x[None].to(device))[0][0, :, :enc.n_vocab].argmax(-1).cpu()  # (N,)
-        b = torch.bucketize(confidence, edges, right=True)              # (M, k) the bin of each
-        for j in range(k):
-            for column, weight in enumerate((torch.ones(len(points)), confidence[:, j],
-                                             (token[:, j] == x[ahead[:, j]]).float(),
-                                             (token[:, j] == teacher_next[ahead[:, j] - 1]).float())):
-                sums[j, :, column] += torch.bincount(b[:, j], weights=weight, minlength=len(bins) - 1)
-    return {"bins": bins, "sums": sums}
+        for name, temperatures in views.items():
+            confidence = torch.softmax(scores / temperatures[:, None], dim=-1).amax(dim=-1)  # (M, k)
+            b = torch.bucketize(confidence, edges, right=True)          # (M, k) the bin of each
+            for j in range(k):
+                for column, weight in enumerate((torch.ones(len(points)), confidence[:, j],
+                                                 (token[:, j] == x[ahead[:, j]]).float(),
+                                                 (token[:, j] == teacher_next[ahead[:, j] - 1]).float())):
+                    sums[name][j, :, column] += torch.bincount(b[:, j], weights=weight, minlength=len(bins) - 1)
+    return {"bins": bins, "calibrated": None, **sums}
 
 
 def first_departures(outputs, chunks, references):
@@ -260,7 +268,8 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
             if name in students:
                 raise UserError(f"two students are named {name!r}: --compare needs distinct file names")
             students[name] = load_student(path, args, teacher_ckpt, device)
-            strategies += mtp_strategies(name, *students[name], args.static_k, args.taus, n, shared)
+            strategies += mtp_strategies(name, *students[name], args.static_k, args.taus, n, shared,
+                                         calibrated="calibrated" in chosen)
         return strategies, students
 
     if "no_cache" in chosen and args.n_uncached:
@@ -282,7 +291,8 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
     if student is not None:
         static_k = args.static_k if "static" in chosen else []
         strategies += mtp_strategies("student", student, student_ckpt, static_k,
-                                     args.taus if "confadapt" in chosen else [], n, shared)
+                                     args.taus if "confadapt" in chosen else [], n, shared,
+                                     calibrated="calibrated" in chosen)
         if "self_speculative" in chosen:
             if 1 not in static_k:  # its reference: the student's own k=1 greedy output
                 strategies += mtp_strategies("student", student, student_ckpt, [1], [], n, shared)
@@ -303,16 +313,22 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
     return strategies, {} if student is None else {"student": (student, student_ckpt)}
 
 
-def mtp_strategies(model, student, ckpt, static_k, taus, n, shared):
-    """A student's static-k rows (k moving) and ConfAdapt rows (tau moving, k = its k_max)."""
+def mtp_strategies(model, student, ckpt, static_k, taus, n, shared, calibrated=False):
+    """A student's static-k rows (k moving) and ConfAdapt rows (tau moving, k = its k_max); with
+    `calibrated` and a student that has fitted temperatures, the ConfAdapt rows again with its
+    confidences read at those temperatures (the same taus, another curve)."""
     mtp = dict(mask_id=ckpt["mask_id"], mask_per_offset=ckpt["mask_per_offset"], bidirectional=ckpt["bidirectional"],
                **shared)
     sizes, large = (student.num_params(), 0), (LARGE["student"], 0)
+    gates = [("", "ConfAdapt", None)]
+    if calibrated and ckpt["temperatures"] is not None:
+        gates.append((", calibrated", "ConfAdapt, calibrated", ckpt["temperatures"]))
     return ([Strategy(model, f"static k={k}", "static k", partial(generate_mtp, student, k=k, **mtp), n, sizes, large)
              for k in static_k]
-            + [Strategy(model, f"ConfAdapt tau={tau}", "ConfAdapt",
-                        partial(generate_mtp, student, k=ckpt["k_max"], tau=tau, **mtp), n, sizes, large, tau=tau)
-               for tau in taus])
+            + [Strategy(model, f"ConfAdapt tau={tau}{suffix}", family,
+                        partial(generate_mtp, student, k=ckpt["k_max"], tau=tau, temperatures=temperatures, **mtp),
+                        n, sizes, large, tau=tau)
+               for suffix, family, temperatures in gates for tau in taus])
 
 
 def load_student(path, args, teacher_ckpt, device):
@@ -364,7 +380,8 @@ def load_problems(path, n):
 # --------------------------------------------------------------------------------------
 # The command line.
 
-STRATEGIES = ["ntp", "no_cache", "draft", "static", "confadapt", "speculative", "self_speculative", "mtp_speculative"]
+STRATEGIES = ["ntp", "no_cache", "draft", "static", "confadapt", "calibrated", "speculative", "self_speculative",
+              "mtp_speculative"]
 
 
 def parse_ints(text, flag):
@@ -442,7 +459,7 @@ def main(args):
     k1 = {s.model: t.outputs for s, t in zip(strategies, tallies) if s.name == "static k=1"}
     if "student" in k1 and not args.compare:  # what ConfAdapt's gate lets through
         for row, s, t in zip(rows, strategies, tallies):
-            if s.model == "student" and s.family in ("ConfAdapt", "static k") and s.name != "static k=1":
+            if s.model == "student" and s.family in CURVES and s.name != "static k=1":
                 row["first_departure"] = first_departures(t.outputs, t.chunks, k1["student"])
         print("the student's confidence against its own k=1 answers, teacher-forced ...")
         calib = calibration(*students["student"], teacher, problems, k1["student"], enc)

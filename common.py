@@ -112,6 +112,7 @@ def load_checkpoint(path, kinds=CHECKPOINT_KINDS, device="cpu"):
                         f"checkpoint is needed here")
     if ckpt["kind"] == "student":
         ckpt.setdefault("mask_per_offset", False)  # students distilled before it was a choice had one <MTP>
+        ckpt.setdefault("temperatures", None)      # ... and no fitted temperatures for ConfAdapt's gate
     return ckpt
 
 

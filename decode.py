@@ -85,7 +85,7 @@ def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature
 
 @torch.no_grad()
 def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, tau=None, gate="token",
-                 mask_per_offset=False, bidirectional=False, compiled=False):
+                 temperatures=None, mask_per_offset=False, bidirectional=False, compiled=False):
     """Multi-token prediction with the student's <MTP> mask (paper Sec. 3.4 and 4.5-4.6).
 
     Every forward pass feeds the newly accepted tokens plus k-1 masks and reads k greedy
@@ -94,7 +94,10 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
     leading run whose confidence (max softmax) is >= tau, always at least one token:
     gate="token" asks it of each token's own confidence (the paper); gate="run" of the
     product of the confidences up to the token, the student's own odds that the whole run
-    is right, so a run of tokens each barely above tau stops sooner.
+    is right, so a run of tokens each barely above tau stops sooner. `temperatures` (one per
+    block position, fitted after distillation: distill_mtp.fit_temperatures) divide the logits
+    before the confidence is read, so that a confidence of tau is right about tau of the time
+    at every position; the tokens themselves do not change.
     The masks' cache entries are stale once their tokens are known, so the cache is cut back
     to the last real token; the accepted tokens are fed as real tokens on the next pass.
     `bidirectional`: the student was distilled with masks that see each other both ways."""
@@ -112,7 +115,10 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
                              width=2 * k - 1 if compiled else None)  # (n_masks + 1, vocab_size)
         out.n_forward += 1
         cache.truncate(len(seq))  # forget the masks' keys/values
-        confidence, tokens = torch.softmax(logits[:, :n_vocab].float(), dim=-1).max(dim=-1)  # (n_masks + 1,)
+        scores = logits[:, :n_vocab].float()  # (n_masks + 1, n_vocab)
+        if temperatures is not None:
+            scores = scores / torch.tensor(temperatures[:n_masks + 1], device=scores.device)[:, None]
+        confidence, tokens = torch.softmax(scores, dim=-1).max(dim=-1)  # (n_masks + 1,)
         n_emit = n_masks + 1
         if tau is not None:  # ConfAdapt: stop before the first position below tau
             if gate == "run":
@@ -364,6 +370,9 @@ def parse_args():
     p.add_argument("--gate", choices=["token", "run"], default="token",
                    help="student: ConfAdapt asks tau of each token's confidence (the paper), or of the product of "
                    "the confidences up to it")
+    p.add_argument("--calibrated", action="store_true",
+                   help="student: ConfAdapt reads each position's confidence at the temperature fitted for it after "
+                   "distillation, so that tau means the same at every position")
     p.add_argument("--static", action="store_true", help="student: emit all k tokens of every pass")
     p.add_argument("--self-speculative", action="store_true",
                    help="student: draft with the masks, verify the drafts on the next pass (lossless)")
@@ -423,10 +432,14 @@ def main(args):
                                             mask_per_offset=ckpt["mask_per_offset"], **shared)
             how = f"self-speculative, k={k}"
         else:
+            if args.calibrated and ckpt["temperatures"] is None:
+                raise UserError(f"{args.ckpt} has no fitted temperatures (it was distilled before they were): "
+                                f"drop --calibrated, or distill it again")
             out = generate_mtp(model, mask_id=ckpt["mask_id"], k=k, tau=None if args.static else args.tau,
-                               gate=args.gate, mask_per_offset=ckpt["mask_per_offset"],
-                               bidirectional=ckpt["bidirectional"], **shared)
-            how = f"static k={k}" if args.static else f"ConfAdapt tau={args.tau} ({args.gate} gate), k_max={k}"
+                               gate=args.gate, temperatures=ckpt["temperatures"] if args.calibrated else None,
+                               mask_per_offset=ckpt["mask_per_offset"], bidirectional=ckpt["bidirectional"], **shared)
+            how = (f"static k={k}" if args.static else f"ConfAdapt tau={args.tau} ({args.gate} gate"
+                   + (", calibrated" if args.calibrated else "") + f"), k_max={k}")
     else:
         out = generate_ntp(model, temperature=args.temperature, top_k=args.top_k, use_cache=not args.no_cache,
                            generator=generator, **shared)

@@ -202,19 +202,41 @@ def distill_loss(student, teacher, x, y, k, points, mask_id, n_vocab, *, supervi
         loss = loss + prefix_loss * F.kl_div(s_real, t_real, log_target=True, reduction="none").sum(-1).mean()
     with torch.no_grad():
         stats = {"agreement": (rollout == targets).float().mean(dim=(0, 1)),  # (k,) per block position
-                 "entropy": -(log_probs.exp() * log_probs).sum(-1).mean()}
+                 "entropy": -(log_probs.exp() * log_probs).sum(-1).mean(),
+                 "logits": s_logits.detach(), "targets": targets}  # (B, M, k, V), (B, M, k): for the gate's calibration
     return loss, stats
+
+
+# A confidence that means what tau says: one temperature per block position, fitted on the
+# validation batches after training (the student's weights do not change).
+TEMPERATURE_GRID = torch.logspace(-1.0, 1.0, 81)  # 0.1 .. 10, each 6% above the last
+
+
+def fit_temperatures(logits, targets, grid=TEMPERATURE_GRID):
+    """Temperature scaling (Guo et al. 2017, "On Calibration of Modern Neural Networks"), one
+    temperature per block position j: T_j minimises the cross-entropy of softmax(logits / T_j)
+    against the critic's targets. A position whose confidence runs ahead of how often it is
+    right gets T_j > 1, which lowers its confidence; dividing by T_j leaves every argmax as it is,
+    so only ConfAdapt's gate sees it (decode.generate_mtp(temperatures=...)).
+    logits (n, k, V), targets (n, k). Returns k floats."""
+    temperatures = []
+    for j in range(logits.size(1)):
+        z, t = logits[:, j].float(), targets[:, j]  # (n, V), (n,)
+        nll = torch.stack([F.cross_entropy(z / T, t) for T in grid])  # (len(grid),)
+        temperatures.append(round(float(grid[nll.argmin()]), 3))
+    return temperatures
 
 
 @torch.no_grad()
 def validate(student, teacher, val_data, val_starts, n_points, mask_id, n_vocab, loss_settings, args, device, autocast):
-    """Loss and per-position agreement with the teacher, (k_max,), on fixed val batches at k = k_max.
-    Agreement is scored against the teacher's argmax whatever the supervision, so the curves of
-    every variant (ground-truth supervision included) compare."""
+    """Loss, per-position agreement with the teacher, (k_max,), and the gate's temperatures
+    (fit_temperatures), on fixed val batches at k = k_max. Agreement is scored against the
+    teacher's argmax whatever the supervision, so the curves of every variant (ground-truth
+    supervision included) compare."""
     student.eval()
     block_size = teacher.config.block_size
     gen = torch.Generator().manual_seed(0)
-    losses, agree = [], torch.zeros(args.k_max)
+    losses, agree, logits, targets = [], torch.zeros(args.k_max), [], []
     for _ in range(args.eval_iters):
         x, y = get_batch(val_data, val_starts, args.batch_size, block_size, gen)
         x, y = x.to(device), y.to(device)
@@ -226,8 +248,10 @@ def validate(student, teacher, val_data, val_starts, n_points, mask_id, n_vocab,
                                         **{**loss_settings, "supervision": "critic", "teacher_readout": "hard"})
         losses.append(loss.item())
         agree += stats["agreement"].cpu() / args.eval_iters
+        logits.append(stats["logits"].flatten(0, 1).cpu())  # (B M, k, V)
+        targets.append(stats["targets"].flatten(0, 1).cpu())
     student.train()
-    return sum(losses) / len(losses), agree
+    return sum(losses) / len(losses), agree, fit_temperatures(torch.cat(logits), torch.cat(targets))
 
 
 def load_teacher_and_student(path, device, seed, mask_per_offset=False, k_max=2, adapter_rank=0):
@@ -297,16 +321,17 @@ def main(args):
     autocast = autocast_context(procs.device_type, args.bf16)
 
     def validate_and_log():  # the student's val loss and agreement now, kept in agreement_log
-        val_loss, agree = validate(raw_student, teacher, val_data, val_starts, n_points, mask_id, enc.n_vocab,
-                                   loss_settings, args, procs.device, autocast)
-        agreement_log.append({"step": step, "val_loss": val_loss, "agreement": [round(a, 4) for a in agree.tolist()]})
+        val_loss, agree, temperatures = validate(raw_student, teacher, val_data, val_starts, n_points, mask_id,
+                                                 enc.n_vocab, loss_settings, args, procs.device, autocast)
+        agreement_log.append({"step": step, "val_loss": val_loss, "agreement": [round(a, 4) for a in agree.tolist()],
+                              "temperatures": temperatures})
         return val_loss, " ".join(f"{a:.2f}" for a in agree.tolist())
 
     def checkpoint(val_loss):
         save_run(args.out, raw_student, "student", teacher_ckpt["tokenizer"], step, optimizer, generators, loss_log,
                  args, mask_id=mask_id, mask_per_offset=args.mask_per_offset, k_max=args.k_max,
                  bidirectional=args.bidirectional, val_loss=val_loss,
-                 agreement_log=agreement_log)
+                 agreement_log=agreement_log, temperatures=agreement_log[-1]["temperatures"])
 
     log(f"student: {raw_student.num_params() / 1e6:.2f}M parameters, <MTP> = id {mask_id}, "
         f"k ~ U[{args.k_min}, {args.k_max}], {n_points} prediction points per window, "
@@ -362,6 +387,8 @@ def main(args):
         windows_per_second = (step - first_step) * args.batch_size * args.grad_accum / seconds
         log(f"{'stopped' if stop else 'done'} at step {step}: val loss {val_loss:.4f}, agreement by position "
             f"{agreement}, {windows_per_second * block_size:,.0f} window tokens/s, {seconds / 60:.1f} min -> {args.out}")
+        log("ConfAdapt's temperatures by block position (decode.py --calibrated): "
+            + " ".join(f"{t:.2f}" for t in agreement_log[-1]["temperatures"]))
     del student  # the DDP wrapper holds the process group, which finish() shuts down
     finish(bool(stop), args, procs, log)
 

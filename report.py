@@ -49,9 +49,11 @@ def write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_
             written.append("chunks.png")
         if calib is not None:
             with open(os.path.join(args.out_dir, "calibration.json"), "w") as f:
-                json.dump({"bins": calib["bins"], "sums": calib["sums"].tolist(), "columns": [
-                    "predictions", "confidence", "equal to the k=1 token", "equal to the teacher's"]}, f)
-            calibration_plot(calib["sums"], os.path.join(args.out_dir, "calibration.png"), title)
+                json.dump({"bins": calib["bins"], "sums": calib["sums"].tolist(),
+                           "calibrated": None if calib["calibrated"] is None else calib["calibrated"].tolist(),
+                           "columns": ["predictions", "confidence", "equal to the k=1 token",
+                                       "equal to the teacher's"]}, f)
+            calibration_plot(calib["sums"], os.path.join(args.out_dir, "calibration.png"), title, calib["calibrated"])
             written += ["calibration.json", "calibration.png"]
     print("\n" + table + "\n")
     print(f"{minutes:.1f} min; wrote " + ", ".join(os.path.join(args.out_dir, w) for w in written))
@@ -73,18 +75,22 @@ def accuracy_at(rows, tokens_per_forward):
     return None
 
 
+CURVES = ("ConfAdapt", "ConfAdapt, calibrated", "static k")  # the student's families of rows that form a curve
+
+
 def student_curves(rows, model):
-    """A student's two curves of accuracy against tokens per forward pass: its ConfAdapt rows
-    (tau moving) and its static-k rows (k moving)."""
-    return {family: [r for r in rows if r["model"] == model and r["family"] == family]
-            for family in ("ConfAdapt", "static k")}
+    """A student's curves of accuracy against tokens per forward pass: its ConfAdapt rows (tau
+    moving; with fitted temperatures, a second such curve) and its static-k rows (k moving).
+    A curve it has no rows for is left out."""
+    curves = {family: [r for r in rows if r["model"] == model and r["family"] == family] for family in CURVES}
+    return {family: curve for family, curve in curves.items() if curve}
 
 
 def matched_table(rows, model="student", matched=(1.5, 2.0, 2.5, 3.0, 3.5)):
     """The student's ConfAdapt and static-k curves read at the same tokens per forward pass: the
     paper's Pareto comparison, without comparing a tau to a k."""
     curves = student_curves(rows, model)
-    if not all(curves.values()):
+    if len(curves) < 2:
         return ""
     lines = [f"Accuracy % of the {model}'s curves at matched tokens per forward pass (linear between rows; "
              "- outside the curve):", "", "| tokens/forward | " + " | ".join(str(m) for m in matched) + " |",
@@ -115,31 +121,41 @@ def departure_table(rows):
     return "\n".join(lines)
 
 
-def calibration_table(sums, bins):
+def calibration_table(sums, bins, calibrated=None):
     """bench.calibration as a table: for block position j and confidence bin, the share of the
-    student's tokens equal to its k=1 answer's, and to the teacher's, with their count."""
+    student's tokens equal to its k=1 answer's, and to the teacher's, with their count; and
+    the same table for the confidences at the fitted temperatures, if the student has them."""
     head = [f"[{lo}, {hi})" if hi < 1 else f"[{lo}, 1]" for lo, hi in zip(bins, bins[1:])]
-    lines = ["What tau means: the student's confidence at block position j (a mask's, j >= 2) against how "
-             "often its token is its own k=1 answer's / the teacher's next token, teacher-forced along the "
-             "k=1 answers (% / %, and how many tokens):", "",
-             "| j | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
-    for j, row in enumerate(sums.tolist(), start=1):
-        cells = [f"{100 * k1 / n:.1f} / {100 * t / n:.1f} ({n:.0f})" if n else "-" for n, _, k1, t in row]
-        lines.append(f"| {j} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    lines = []
+    for view, intro in ((sums, "What tau means: the student's confidence at block position j (a mask's, j >= 2) "
+                         "against how often its token is its own k=1 answer's / the teacher's next token, "
+                         "teacher-forced along the k=1 answers (% / %, and how many tokens):"),
+                        (calibrated, "The same, with the confidences at the student's fitted temperatures "
+                         "(what ConfAdapt's calibrated gate compares with tau):")):
+        if view is None:
+            continue
+        lines += ["", intro, "", "| j | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+        for j, row in enumerate(view.tolist(), start=1):
+            cells = [f"{100 * k1 / n:.1f} / {100 * t / n:.1f} ({n:.0f})" if n else "-" for n, _, k1, t in row]
+            lines.append(f"| {j} | " + " | ".join(cells) + " |")
+    return "\n".join(lines[1:])
 
 
-def calibration_plot(sums, path, title):
+def calibration_plot(sums, path, title, calibrated=None):
     """The reliability picture: for each block position j, the share of tokens equal to the
-    student's own k=1 answer (left) and to the teacher's choice (right) against the mean
-    confidence of each bin. On the diagonal, a confidence of 0.9 is right 90% of the time."""
+    student's own k=1 answer (left) and to the teacher's choice (middle) against the mean
+    confidence of each bin; and (right, if the student has fitted temperatures) the left panel
+    again with the confidences at those temperatures. On the diagonal, a confidence of 0.9 is
+    right 90% of the time."""
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    panels = [(sums, 2, "equal to the student's own k=1 token"), (sums, 3, "equal to the teacher's next token")]
+    if calibrated is not None:
+        panels.append((calibrated, 2, "equal to the k=1 token, at the fitted temperatures"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), sharey=True)
     colors = plt.cm.viridis([j / max(1, len(sums) - 1) for j in range(len(sums))])
-    for ax, column, label in ((axes[0], 2, "equal to the student's own k=1 token"),
-                              (axes[1], 3, "equal to the teacher's next token")):
+    for ax, (view, column, label) in zip(axes, panels):
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-        for j, (row, color) in enumerate(zip(sums.tolist(), colors), start=1):
+        for j, (row, color) in enumerate(zip(view.tolist(), colors), start=1):
             kept = [b for b in row if b[0] >= 20]  # bins of fewer tokens are noise
             ax.plot([b[1] / b[0] for b in kept], [b[column] / b[0] for b in kept], marker="o", markersize=3,
                     color=color, label=f"j = {j}")
@@ -192,6 +208,7 @@ def save_figure(plt, fig, path, rect=(0, 0, 1, 1)):
 
 FAMILY_STYLE = {  # how each family is drawn in the Pareto picture
     "ntp": ("black", "o"), "static k": ("tab:red", "s"), "ConfAdapt": ("tab:blue", "D"),
+    "ConfAdapt, calibrated": ("tab:cyan", "d"),
     "speculative": ("tab:green", "^"), "self-speculative": ("tab:purple", "v"),
     "MTP-drafted speculative": ("tab:orange", "P"),
 }
@@ -213,7 +230,7 @@ def pareto_plot(rows, path, title):
             fam = [r for r in rows if r["family"] == family and r["strategy"] != "ntp greedy, no cache"]
             if not fam:
                 continue
-            if family in ("static k", "ConfAdapt"):  # a curve: the same model as k or tau moves
+            if family in CURVES:  # a curve: the same model as k or tau moves
                 ax.plot([r[x] for r in fam], [r["accuracy"] for r in fam], color=color, alpha=0.4)
             ax.scatter([r[x] for r in fam], [r["accuracy"] for r in fam], color=color, marker=marker, label=family)
             if hollow:
@@ -301,17 +318,19 @@ def comparison_table(rows, students, matched=(1.5, 2.0, 2.5, 3.0)):
     def cell(r):
         return f"{with_interval(r)}, {r['well_formed']}" if r else ""
 
+    families = [f for f in CURVES if any(r["family"] == f for r in rows)]
     head = (["variant", "k=1: acc (95%), well-formed", "tau=0.9: acc (95%), well-formed", "tau=0.9: tokens/forward"]
-            + [f"at {m} tokens/forward: ConfAdapt / static k" for m in matched]
+            + [f"at {m} tokens/forward: {' / '.join(families)}" for m in matched]
             + ["val agreement with teacher by position"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, ckpt in students.items():
         mine = {r["strategy"]: r for r in rows if r["model"] == name}
         k1, tau = mine.get("static k=1"), mine.get("ConfAdapt tau=0.9")
-        curves = student_curves(rows, name).values()
+        curves = student_curves(rows, name)
         line = [name, cell(k1), cell(tau), str(tau["tokens_per_forward"]) if tau else ""]
         for m in matched:
-            line.append(" / ".join("-" if a is None else str(a) for a in (accuracy_at(c, m) for c in curves)))
+            cells = (accuracy_at(curves.get(f, []), m) for f in families)
+            line.append(" / ".join("-" if a is None else str(a) for a in cells))
         line.append(" ".join(f"{a:.2f}" for a in ckpt["agreement_log"][-1]["agreement"]))
         lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines)
@@ -319,15 +338,18 @@ def comparison_table(rows, students, matched=(1.5, 2.0, 2.5, 3.0)):
 
 def ablation_plot(rows, path, title):
     """Accuracy against tokens per forward, a colour per variant: ConfAdapt as a solid curve
-    over tau, static k as a dashed one; the teacher as a black star."""
+    over tau (dotted with fitted temperatures), static k as a dashed one; the teacher as a black star."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
     teacher = rows[0]
     ax.scatter([1.0], [teacher["accuracy"]], color="black", marker="*", s=120, label="teacher NTP", zorder=3)
     variants = list(dict.fromkeys(r["model"] for r in rows[1:]))
     for variant, color in zip(variants, plt.cm.tab10.colors):
-        for family, style, marker in (("ConfAdapt", "-", "o"), ("static k", "--", "s")):
+        for family, style, marker in (("ConfAdapt", "-", "o"), ("ConfAdapt, calibrated", ":", "d"),
+                                      ("static k", "--", "s")):
             fam = [r for r in rows if r["model"] == variant and r["family"] == family]
+            if not fam:
+                continue
             ax.plot([r["tokens_per_forward"] for r in fam], [r["accuracy"] for r in fam], style, marker=marker,
                     color=color, markersize=4, label=f"{variant} ({family})")
     ax.set_xlabel("tokens per forward pass")

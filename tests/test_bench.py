@@ -99,11 +99,32 @@ def test_calibration_counts_every_block_position_against_the_k1_answer(tiny_data
     tests = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:3]
     k1 = [generate_mtp(student, enc.encode_ordinary(problems.format_prompt(t["question"])), 20, eos_id=-1,
                        n_vocab=enc.n_vocab, mask_id=mask_id, k=1).tokens for t in tests]
-    ckpt = {"k_max": 4, "mask_id": mask_id, "mask_per_offset": False, "bidirectional": False}
+    ckpt = {"k_max": 4, "mask_id": mask_id, "mask_per_offset": False, "bidirectional": False, "temperatures": None}
     gate = calibration(student, ckpt, teacher, tests, k1, enc)
+    assert gate["calibrated"] is None
     sums = gate["sums"]  # (k, bins, [n, confidence, equal to k=1, equal to the teacher])
     assert sums.shape == (4, len(gate["bins"]) - 1, 4)
     blocks = sum(len(answer) - 4 + 1 for answer in k1)  # a block after the prompt and each answer token with room
     assert (sums[:, :, 0].sum(dim=1) == blocks).all()
     assert sums[0, :, 2].sum() == blocks and sums[0, :, 3].sum() == blocks
     assert (sums[:, :, 1] <= sums[:, :, 0]).all()  # a confidence is at most 1
+
+
+def test_the_calibrated_view_rebins_the_same_tokens_at_the_fitted_temperatures(tiny_data):
+    """With temperatures of 1 the calibrated view is the plain one; with others every token is
+    still counted once and agrees as often, only its confidence, so its bin, moves."""
+    enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
+    config = GPTConfig(**{**TINY.__dict__, "vocab_size": padded_vocab_size(enc)})
+    torch.manual_seed(0)
+    student = add_mask_token(GPT(config).eval(), enc.n_vocab, torch.Generator().manual_seed(0))
+    teacher = GPT(config).eval()
+    tests = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:3]
+    k1 = [generate_mtp(student, enc.encode_ordinary(problems.format_prompt(t["question"])), 20, eos_id=-1,
+                       n_vocab=enc.n_vocab, mask_id=enc.n_vocab, k=1).tokens for t in tests]
+    ckpt = {"k_max": 4, "mask_id": enc.n_vocab, "mask_per_offset": False, "bidirectional": False}
+    ones = calibration(student, {**ckpt, "temperatures": [1.0] * 4}, teacher, tests, k1, enc)
+    assert torch.equal(ones["calibrated"], ones["sums"])
+    cold = calibration(student, {**ckpt, "temperatures": [0.05] * 4}, teacher, tests, k1, enc)
+    plain, sharp = cold["sums"], cold["calibrated"]
+    assert torch.equal(plain.sum(1)[:, [0, 2, 3]], sharp.sum(1)[:, [0, 2, 3]])  # the same tokens, as often right
+    assert (sharp[:, :, 1].sum(1) > plain[:, :, 1].sum(1)).all()  # a cold temperature raises every confidence

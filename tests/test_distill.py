@@ -239,6 +239,8 @@ def test_distillation_logs_agreement_and_resumes(distilled, tiny_data):
     assert ckpt["step"] == 10
     assert ckpt["mask_id"] == load_tokenizer(str(tiny_data / "tokenizer.json")).n_vocab  # the first free slot
     assert [e["step"] for e in ckpt["agreement_log"]] == [0, 5, 10]
+    assert ckpt["temperatures"] == ckpt["agreement_log"][-1]["temperatures"]  # the gate's, one per block position
+    assert len(ckpt["temperatures"]) == 4 and all(t > 0 for t in ckpt["temperatures"])
     r = run_script("distill_mtp.py", "--teacher", str(d / "student.pt"))
     assert r.returncode != 0 and "is a student checkpoint, but a teacher" in r.stderr
 
@@ -265,7 +267,9 @@ def test_the_bench_measures_the_student_and_its_lossless_strategies(distilled):
                    "--taus", "0.9", "--static_k", "1,2", "--out_dir", str(d / "out"))
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {(row["model"], row["strategy"]): row for row in json.load(open(d / "out" / "bench.json"))}
-    assert {("student", "static k=2"), ("student", "ConfAdapt tau=0.9")} <= set(rows)
+    assert {("student", "static k=2"), ("student", "ConfAdapt tau=0.9"), ("student", "ConfAdapt tau=0.9, calibrated")
+            } <= set(rows)
+    assert "| ConfAdapt, calibrated |" in (d / "out" / "bench.md").read_text()  # its curve at matched speeds
     assert rows[("student", "self-speculative k=4")]["identical"] == 100.0  # == the student's k=1 output
     assert rows[("teacher + student", "MTP-drafted speculative k=4")]["identical"] == 100.0  # == the teacher's
     assert (d / "out" / "chunks.png").stat().st_size > 0  # ConfAdapt's passes drawn as chunks
@@ -283,7 +287,8 @@ def test_the_ablation_comparison_draws_one_curve_per_student(distilled):
     rows = json.load(open(d / "ablation" / "ablations.json"))
     assert [(row["model"], row["strategy"]) for row in rows] == [("teacher", "ntp greedy")] + [
         (variant, s) for variant in ("student", "gt")
-        for s in ("static k=1", "static k=3", "ConfAdapt tau=0.8", "ConfAdapt tau=0.9")]
+        for s in ("static k=1", "static k=3", "ConfAdapt tau=0.8", "ConfAdapt tau=0.9",
+                  "ConfAdapt tau=0.8, calibrated", "ConfAdapt tau=0.9, calibrated")]
     table = (d / "ablation" / "ablations.md").read_text()
     assert "| variant | k=1: acc (95%), well-formed | tau=0.9: acc (95%), well-formed | tau=0.9: tokens/forward |" in table
     gt = {row["strategy"]: row for row in rows if row["model"] == "gt"}

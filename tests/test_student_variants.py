@@ -1,12 +1,13 @@
 """The student's switches beyond the paper's main setting: one mask token per offset, the
-teacher as the prefix loss's target, the mask-gated adapter, and ConfAdapt's run gate."""
+teacher as the prefix loss's target, the mask-gated adapter, and ConfAdapt's run gate and
+fitted temperatures."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import MASK, N_VOCAB, TINY
 from decode import generate_mtp, generate_ntp, generate_self_speculative
-from distill_mtp import distill_loss, mtp_layout, prediction_points
+from distill_mtp import distill_loss, fit_temperatures, mtp_layout, prediction_points
 from model import GPT, GPTConfig, add_mask_token, mask_tokens
 
 
@@ -171,3 +172,27 @@ def test_a_rotary_student_layout_gives_each_block_what_it_would_see_alone():
     for m, i in enumerate(points.tolist()):
         alone, _ = student(torch.cat([x[:, :i + 1], torch.full((1, k - 1), MASK)], 1))
         torch.testing.assert_close(logits[:, read[m]], alone[:, i:], atol=1e-5, rtol=1e-5)
+
+
+def test_fitted_temperatures_recover_the_temperature_the_targets_were_drawn_at():
+    """Targets drawn from softmax(z / T_j) for a known T_j per position: temperature scaling
+    finds each T_j back from the logits z (to the grid's 2.5% steps and the sample's noise)."""
+    torch.manual_seed(0)
+    true_t = [0.5, 1.0, 2.5]
+    z = 3 * torch.randn(4000, 3, 50)  # (n, k, V)
+    targets = torch.stack([torch.multinomial(torch.softmax(z[:, j] / t, -1), 1)[:, 0] for j, t in enumerate(true_t)], 1)
+    fitted = fit_temperatures(z, targets)
+    assert fitted == pytest.approx(true_t, rel=0.1)
+
+
+def test_temperatures_change_the_gate_and_never_the_tokens(student):
+    prompt, k = [5, 6, 7], 4
+    run = dict(eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k)
+    plain = generate_mtp(student, prompt, 24, tau=0.5, **run)
+    assert generate_mtp(student, prompt, 24, tau=0.5, temperatures=[1.0] * k, **run).chunks == plain.chunks
+    static = generate_mtp(student, prompt, 24, **run)  # static k has no gate: nothing to change
+    assert generate_mtp(student, prompt, 24, temperatures=[1.0, 9.0, 9.0, 9.0], **run).tokens == static.tokens
+    # Hot enough, no mask is ever confident: one token per pass, which is the student's own k = 1.
+    hot = generate_mtp(student, prompt, 24, tau=0.5, temperatures=[1.0, 1e3, 1e3, 1e3], **run)
+    assert hot.chunks == [1] * 24 and hot.tokens == generate_mtp(student, prompt, 24, **{**run, "k": 1}).tokens
+    assert max(plain.chunks) > 1  # ... where the plain gate did let masks through
