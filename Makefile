@@ -2,7 +2,7 @@
 #
 #   make demo   install what is missing, then data -> teacher, draft -> student -> bench (CPU default)
 #   make test   install what is missing, then run the test suite
-#   make ablations   one student per variant of the paper's ablations, then one comparison (~93 CPU min)
+#   make ablations   one student per variant of the paper's ablations, then one comparison (~90 CPU min)
 #   make demo GPU=1  the same pipeline with the one-GPU presets (bf16, torch.compile, fused AdamW)
 #   make gpu-check   run this first on a GPU: the GPU presets end to end in a few minutes (out/gpu-check)
 #
@@ -65,7 +65,9 @@ gpu-check: install $(DATA)/train.bin
 # preset student with one thing changed, distilled from the same teacher with the same seed and
 # steps; `main` is out/student.pt itself. `paper` drops our one departure (the prefix loss) and
 # is the paper's main setting: critic, hard teacher, k ~ U[2, 8]. fixed_k trains k = k_max = 8 only.
-VARIANTS := main paper ground_truth soft fixed_k bidirectional
+# learned_positions is the one variant with another teacher: the same preset with GPT-2's learned
+# position embeddings instead of rotary ones, and its student.
+VARIANTS := main paper ground_truth soft fixed_k bidirectional learned_positions
 FLAGS_paper := --prefix_loss 0
 FLAGS_ground_truth := --supervision ground_truth
 FLAGS_soft := --teacher_readout soft
@@ -79,8 +81,15 @@ out/ablations/student_main.pt: out/student.pt
 out/ablations/student_%.pt: out/teacher.pt distill_mtp.py training.py model.py common.py
 	$(PYTHON) distill_mtp.py --preset $(STUDENT_PRESET) $(FLAGS_$*) --out $@
 
+out/ablations/teacher_learned_positions.pt: $(DATA)/train.bin train_ntp.py training.py model.py common.py
+	$(PYTHON) train_ntp.py --preset $(TEACHER_PRESET) --no-rotary --out $@
+
+out/ablations/student_learned_positions.pt: out/ablations/teacher_learned_positions.pt distill_mtp.py training.py model.py common.py
+	$(PYTHON) distill_mtp.py --preset $(STUDENT_PRESET) --teacher $< --out $@
+
 ablations: install $(STUDENTS)
-	$(PYTHON) bench.py --compare $(STUDENTS) --n 400 --static_k 1,2,3,4,5 --taus 0.8,0.9,0.95,0.99
+	$(PYTHON) bench.py --compare $(STUDENTS) --n 400 --static_k 1,2,3,4,5 --taus 0.8,0.9,0.95,0.99 \
+		--strategies ntp,static,confadapt
 
 test: install
 	$(PYTHON) -m pytest -q

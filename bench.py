@@ -416,7 +416,7 @@ def parse_args(argv=None):
     p.add_argument("--strategies", default=",".join(STRATEGIES),
                    help="which families to run (the teacher's cached NTP greedy always runs: it is the baseline)")
     p.add_argument("--static_k", default="1,2,3,4,5", help="student: static k values (k=1 is the student's NTP)")
-    p.add_argument("--taus", default="0.6,0.8,0.9,0.95,0.99", help="student: ConfAdapt thresholds")
+    p.add_argument("--taus", default="0.6,0.8,0.9,0.95,0.99,0.999", help="student: ConfAdapt thresholds")
     p.add_argument("--gammas", default="2,4", help="speculative: draft tokens per step")
     p.add_argument("--self_k", default="4,8", help="self-speculative: positions read per pass")
     p.add_argument("--mtp_k", default="4", help="MTP-drafted speculative: tokens the student drafts per pass")

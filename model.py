@@ -1,7 +1,8 @@
 """
 The GPT every other file builds on: GPT-2's architecture (learned position embeddings,
 pre-LayerNorm blocks, GELU MLP, tied input/output embeddings), as in nanoGPT; rotary position
-embeddings as an option (`GPTConfig.rotary`).
+embeddings as an option (`GPTConfig.rotary`), which our teacher presets use, as the paper's
+models do (train_ntp.py).
 
 Three additions, all for multi-token prediction:
 - `forward` takes the position of every token and, optionally, a boolean attention mask: the

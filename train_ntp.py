@@ -28,13 +28,16 @@ from training import (add_training_flags, all_ranks_mean, any_process_stopped, a
 
 # teacher and draft fit a 2-core CPU (docs/notebook.md: how the teacher's settings were chosen); the _gpu
 # presets are one-GPU sizes. The draft model has >= 4x fewer parameters than its teacher.
+# The teachers are rotary, as the paper's Llama and Qwen models are: a mask then knows its distance from
+# the last real token in every attention score, and the student's far masks learn far better than with
+# GPT-2's learned positions (docs/notebook.md, "ConfAdapt that keeps the student's accuracy").
 PRESETS = {
-    "teacher": dict(kind="teacher", out="out/teacher.pt", n_layer=4, n_head=4, n_embd=128,
+    "teacher": dict(kind="teacher", out="out/teacher.pt", n_layer=4, n_head=4, n_embd=128, rotary=True,
                     batch_size=16, grad_accum=1, max_iters=5400, lr=4e-3, min_lr=2e-4, warmup_iters=100,
                     bf16=True),
     "draft": dict(kind="draft", out="out/draft.pt", n_layer=2, n_head=2, n_embd=64,
                   batch_size=16, grad_accum=1, max_iters=1500, lr=3e-3, min_lr=1e-4, warmup_iters=100),
-    "teacher_gpu": dict(kind="teacher", out="out/teacher.pt", n_layer=8, n_head=8, n_embd=512,
+    "teacher_gpu": dict(kind="teacher", out="out/teacher.pt", n_layer=8, n_head=8, n_embd=512, rotary=True,
                         batch_size=64, grad_accum=1, max_iters=5000, lr=1e-3, min_lr=1e-4,
                         warmup_iters=200, compile=True),
     "draft_gpu": dict(kind="draft", out="out/draft.pt", n_layer=4, n_head=4, n_embd=256,
