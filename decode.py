@@ -108,6 +108,8 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
     if gate not in ("token", "run"):
         raise UserError(f"gate must be 'token' or 'run', got {gate!r}")
     cache = new_cache(model)
+    if temperatures is not None:  # once per generation, not once per pass
+        temperatures = torch.tensor(temperatures[:k], device=cache.k.device)  # (k,)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < model.config.block_size:
         n_masks = min(k, model.config.block_size - len(seq)) - 1  # emitted tokens stay inside the context
@@ -117,7 +119,7 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
         cache.truncate(len(seq))  # forget the masks' keys/values
         scores = logits[:, :n_vocab].float()  # (n_masks + 1, n_vocab)
         if temperatures is not None:
-            scores = scores / torch.tensor(temperatures[:n_masks + 1], device=scores.device)[:, None]
+            scores = scores / temperatures[:n_masks + 1, None]
         confidence, tokens = torch.softmax(scores, dim=-1).max(dim=-1)  # (n_masks + 1,)
         n_emit = n_masks + 1
         if tau is not None:  # ConfAdapt: stop before the first position below tau
