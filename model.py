@@ -75,13 +75,13 @@ class Linear(nn.Linear):
         return y
 
 
-def rotate(x, pos, inv_freq):
+def rotate(x, cos, sin):
     """Rotary position embedding (Su et al. 2021, RoFormer): turn each pair of channels of the
-    queries or keys x (B, nh, T, hs) by an angle pos * frequency. A query-key score then depends
-    on their positions only through the distance between them, so a mask always knows how far
-    it stands from the last real token (the paper's Llama and Qwen models are rotary)."""
-    angle = pos[:, None].float() * inv_freq[None]    # (T, hs/2)
-    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
+    queries or keys x (B, nh, T, hs) by an angle pos * frequency, whose cos and sin (T, hs/2)
+    `GPT.forward` looks up once per pass in tables made at init. A query-key score then depends
+    on their positions only through the distance between them, so a mask always knows how far it
+    stands from the last real token (the paper's Llama and Qwen models are rotary)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)                      # (B, nh, T, hs/2) each
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
@@ -95,18 +95,15 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = Linear(config.n_embd, config.n_embd, config.bias, config.adapter_rank)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
-        hs = config.n_embd // config.n_head
-        self.register_buffer("inv_freq", 1.0 / 10000 ** (torch.arange(0, hs, 2).float() / hs) if config.rotary
-                             else None, persistent=False)  # (hs/2,) the channel pairs' frequencies
 
-    def forward(self, x, pos, attn_mask, cache, layer, gate=None):
+    def forward(self, x, pos, rope, attn_mask, cache, layer, gate=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x, gate).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if self.inv_freq is not None:  # the cache keeps the keys turned, as the next passes read them
-            q, k = rotate(q, pos, self.inv_freq), rotate(k, pos, self.inv_freq)
+        if rope is not None:  # the cache keeps the keys turned, as the next passes read them
+            q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is not None:  # write at the tokens' positions, then attend over the slots the mask covers
             cache.k[layer, :, :, pos] = k.to(cache.k.dtype)
             cache.v[layer, :, :, pos] = v.to(cache.v.dtype)
@@ -143,8 +140,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, pos, attn_mask, cache, layer, gate=None):
-        x = x + self.attn(self.ln_1(x), pos, attn_mask, cache, layer, gate)
+    def forward(self, x, pos, rope, attn_mask, cache, layer, gate=None):
+        x = x + self.attn(self.ln_1(x), pos, rope, attn_mask, cache, layer, gate)
         x = x + self.mlp(self.ln_2(x), gate)
         return x
 
@@ -163,6 +160,12 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # tied embeddings, as GPT-2
+        if config.rotary:  # every position's angles, computed once: a pass only looks its positions up
+            hs = config.n_embd // config.n_head
+            inv_freq = 1.0 / 10000 ** (torch.arange(0, hs, 2).float() / hs)       # (hs/2,) the pairs' frequencies
+            angle = torch.arange(config.block_size).float()[:, None] * inv_freq  # (block_size, hs/2)
+            self.register_buffer("rope_cos", angle.cos(), persistent=False)
+            self.register_buffer("rope_sin", angle.sin(), persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: scale the residual projections by depth
@@ -212,8 +215,9 @@ class GPT(nn.Module):
         if not self.config.rotary:  # else the positions enter in every attention score (rotate)
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
+        rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.rotary else None  # (T, hs/2) each
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, pos, attn_mask, cache, layer, gate)
+            x = block(x, pos, rope, attn_mask, cache, layer, gate)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
 
         loss = None
