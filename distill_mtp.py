@@ -3,7 +3,7 @@ Distill the NTP teacher into a multi-token (MTP) student, online, with the criti
 (Kirchenbauer et al. 2026, arXiv 2602.06019, Sec. 3.3 and 4; docs/method.md explains it).
 
     python distill_mtp.py                       # CPU default: out/teacher.pt -> out/student.pt
-    python distill_mtp.py --preset gpu          # one GPU (bf16, torch.compile)
+    python distill_mtp.py --preset gpu          # one GPU (torch.compile; bf16 where the GPU has it)
     python distill_mtp.py --show-mask           # print the training layout and attention mask
     python distill_mtp.py --resume              # continue from the checkpoint at --out
     torchrun --nproc_per_node=2 distill_mtp.py  # data parallel
@@ -32,8 +32,8 @@ from common import HelpFormatter, UserError, check_flags, load_checkpoint, model
 from data.tokenizer import EOT
 from model import GPT, GPTConfig, add_mask_token, mask_tokens
 from training import (add_training_flags, all_ranks_mean, any_process_stopped, autocast_context, finish, get_batch,
-                      get_lr, load_tokens, open_run, parse_with_presets, restore_run, save_run, settings_line,
-                      setup_processes, stop_on_signals, wrap_model)
+                      get_lr, load_tokens, open_run, parse_with_presets, resolve_bf16, restore_run, save_run,
+                      settings_line, setup_processes, stop_on_signals, wrap_model)
 
 PRESETS = {
     # Denser prediction points than the paper's N / (2 k_max): each block adds only k-1 tokens
@@ -43,7 +43,7 @@ PRESETS = {
     # without it, at any learning rate that teaches it the masks in minutes (docs/notebook.md).
     # `--prefix_loss 0` is the paper.
     "cpu": dict(batch_size=8, grad_accum=1, max_iters=2400, lr=1.5e-3, min_lr=1.5e-4, warmup_iters=100, points=32,
-                prefix_loss=3.0, bf16=True),
+                prefix_loss=3.0),
     "gpu": dict(batch_size=64, grad_accum=1, max_iters=4000, lr=3e-4, min_lr=3e-5, warmup_iters=200,
                 prefix_loss=3.0, compile=True),
 }
@@ -289,7 +289,7 @@ def load_teacher_and_student(path, device, seed, mask_per_offset=False, k_max=2,
 def main(args):
     procs = setup_processes(args.device, args.grad_accum)
     log = print if procs.master else (lambda *a, **k: None)
-    log(settings_line(args))
+    log(settings_line(args, bf16=resolve_bf16(args, procs.device)))
     torch.manual_seed(args.seed)
 
     teacher, teacher_ckpt, enc, student, mask_id = load_teacher_and_student(

@@ -4,7 +4,7 @@ speculative decoding uses. nanoGPT's training loop, read top to bottom.
 
     python train_ntp.py                          # CPU-sized teacher -> out/teacher.pt
     python train_ntp.py --preset draft           # CPU-sized draft model -> out/draft.pt
-    python train_ntp.py --preset teacher_gpu     # one-GPU teacher (bf16, torch.compile)
+    python train_ntp.py --preset teacher_gpu     # one-GPU teacher (torch.compile; bf16 where the GPU has it)
     python train_ntp.py --resume                 # continue from the checkpoint in --out
     torchrun --nproc_per_node=2 train_ntp.py     # data parallel (gloo on CPU, nccl on GPU)
 
@@ -23,8 +23,8 @@ from data.tokenizer import EOT, load_tokenizer, padded_vocab_size
 from common import HelpFormatter, UserError, check_flags, model_from_checkpoint, tokenizer_from_checkpoint
 from model import GPT, GPTConfig
 from training import (add_training_flags, all_ranks_mean, any_process_stopped, autocast_context, check_memory,
-                      finish, get_batch, get_lr, load_tokens, open_run, parse_with_presets, restore_run, save_run,
-                      settings_line, setup_processes, stop_on_signals, wrap_model)
+                      finish, get_batch, get_lr, load_tokens, open_run, parse_with_presets, resolve_bf16, restore_run,
+                      save_run, settings_line, setup_processes, stop_on_signals, wrap_model)
 
 # teacher and draft fit a 2-core CPU (docs/notebook.md: how the teacher's settings were chosen); the _gpu
 # presets are one-GPU sizes. The draft model has >= 4x fewer parameters than its teacher.
@@ -33,8 +33,7 @@ from training import (add_training_flags, all_ranks_mean, any_process_stopped, a
 # GPT-2's learned positions (docs/notebook.md, "ConfAdapt that keeps the student's accuracy").
 PRESETS = {
     "teacher": dict(kind="teacher", out="out/teacher.pt", n_layer=4, n_head=4, n_embd=128, rotary=True,
-                    batch_size=16, grad_accum=1, max_iters=5400, lr=4e-3, min_lr=2e-4, warmup_iters=100,
-                    bf16=True),
+                    batch_size=16, grad_accum=1, max_iters=5400, lr=4e-3, min_lr=2e-4, warmup_iters=100),
     "draft": dict(kind="draft", out="out/draft.pt", n_layer=2, n_head=2, n_embd=64,
                   batch_size=16, grad_accum=1, max_iters=1500, lr=3e-3, min_lr=1e-4, warmup_iters=100),
     "teacher_gpu": dict(kind="teacher", out="out/teacher.pt", n_layer=8, n_head=8, n_embd=512, rotary=True,
@@ -125,7 +124,7 @@ def estimate_loss(model, data, starts, no_loss, args, device, autocast):
 def main(args):
     procs = setup_processes(args.device, args.grad_accum)
     log = print if procs.master else (lambda *a, **k: None)
-    log(settings_line(args))
+    log(settings_line(args, bf16=resolve_bf16(args, procs.device)))
 
     torch.manual_seed(args.seed)
     tokenizer_path, enc, train, val = load_data(args, procs)

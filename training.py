@@ -44,8 +44,9 @@ def add_training_flags(parser, weight_decay, eval_iters):
     g.add_argument("--seed", type=int, default=1337, help="seeds every random choice of the run")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
-    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast (None: on CUDA only; CPUs with bf16 units gain too)")
+    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default="auto",
+                   help="bf16 autocast; auto: on where the device computes bf16 natively (a GPU of compute "
+                   "capability 8.0 or more, a CPU with bf16 units), fp32 elsewhere (bf16_units)")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")
 
 
@@ -65,9 +66,10 @@ def parse_with_presets(parser, presets, default_preset, argv=None):
     return args
 
 
-def settings_line(args):
-    """Every setting of a run, resolved (preset, then flags), for the log."""
-    return "settings: " + " ".join(f"{k}={v}" for k, v in vars(args).items())
+def settings_line(args, **why):
+    """Every setting of a run, resolved (preset, then flags), for the log; `why` adds a reason
+    after a setting's value, e.g. how --bf16 auto decided."""
+    return "settings: " + " ".join(f"{k}={v}" + (f" ({why[k]})" if k in why else "") for k, v in vars(args).items())
 
 
 # --------------------------------------------------------------------------------------
@@ -146,9 +148,41 @@ def wrap_model(model, args, procs):
     return model
 
 
+def cpu_has_bf16_units():
+    """Whether this CPU has bf16 instructions (AVX-512 BF16 or AMX) and oneDNN, which runs torch's
+    CPU matmuls, uses them (ONEDNN_MAX_CPU_ISA=AVX2 forbids it: the way to time a CPU without)."""
+    try:
+        units = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return bool(units and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch without these probes (they are private): fp32 is safe
+        return False
+
+
+def bf16_units(device):
+    """(True or False, why): whether `device` computes bf16 natively. Where it does not, bf16 is
+    emulated and autocast makes training slower, not faster: a CPU without bf16 units (most
+    laptops: Intel Core, AMD Zen 2/3, Apple M1) runs a bf16 matmul 15-70x slower than fp32."""
+    kind = device.split(":")[0]
+    if kind == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return major >= 8, f"CUDA compute capability {major}.{minor}, bf16 needs 8.0"
+    if kind == "cpu":
+        native = cpu_has_bf16_units()
+        return native, "this CPU has bf16 units" if native else "this CPU has no bf16 units"
+    return False, f"{kind}: fp32"
+
+
+def resolve_bf16(args, device):
+    """Turn --bf16 auto into True or False for `device`; returns the reason the settings line shows."""
+    if args.bf16 != "auto":
+        return "--bf16" if args.bf16 else "--no-bf16"
+    args.bf16, why = bf16_units(device)
+    return f"auto: {why}"
+
+
 def autocast_context(device_type, bf16):
-    """bf16 autocast when asked for (None: on CUDA only), else a context that does nothing."""
-    if device_type == "cuda" if bf16 is None else bf16:
+    """bf16 autocast when `bf16`, else a context that does nothing."""
+    if bf16:
         return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -258,7 +292,8 @@ def open_run(args, kind, procs, log):
 
 # Flags a resumed run may change; any other flag must be as the run began, or --resume would
 # quietly continue a different run (another lr, another model, another variant).
-MAY_CHANGE_ON_RESUME = {"resume", "preset", "out", "device", "compile", "max_iters", "lr_decay_iters",
+# The machine's own settings (device, compile, bf16) may change too: a run may continue elsewhere.
+MAY_CHANGE_ON_RESUME = {"resume", "preset", "out", "device", "compile", "bf16", "max_iters", "lr_decay_iters",
                         "eval_interval", "eval_iters"}
 
 
