@@ -15,7 +15,8 @@ right (data/check.py), tokens per forward pass of the model that decides the out
 accepted per step, wall-clock tokens/s and speed-up, the speed-up modelled where a pass costs
 only the reading of the weights (`modelled_speedup`), and for lossless strategies the share
 of outputs identical to their reference's. The strategies run interleaved, problem by problem,
-so a slow patch of the machine slows all of them alike.
+so a slow patch of the machine slows all of them alike; on a CPU, in two processes of one thread
+each, which share out the problems (`run_bench`).
 After the rows, what ConfAdapt's gate lets through: the student's calibration and where its
 answers first part from its own k=1 answers (`calibration`, `first_departures`).
 Writes out/bench.{json,md}, out/pareto.png, out/chunks.png and out/calibration.{json,png}
@@ -24,6 +25,7 @@ given, into out/ablations.{json,md,png} and out/agreement.png.
 """
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -81,20 +83,47 @@ class Tally:
 LARGE = {"teacher": 8e9, "student": 8e9, "draft": 1e9}  # Llama-3.1-8B and Llama-3.2-1B's sizes
 
 
-def run_bench(strategies, problems, enc):
-    """Run every strategy on each problem in turn; returns one row of results per strategy. The
-    first strategy is the baseline of the speed-ups."""
+def run_bench(strategies, problems, enc, workers=1):
+    """Run every strategy on each problem in turn; returns one row of results per strategy (the
+    first strategy is the baseline of the speed-ups) and the tallies behind them. With `workers`
+    > 1 the problems are shared out, in consecutive runs, among that many processes of one thread
+    each: a pass of a tiny model is mostly fixed per-pass cost, which a second thread does not
+    share, so two single-thread processes decode about twice as much as one process of two."""
+    workers = min(workers, len(problems))
+    if workers == 1:
+        tallies = decode_share(strategies, problems, enc)
+    else:  # spawn, not fork: a process forked from one that has run torch's thread pool can hang
+        starts = [len(problems) * w // workers for w in range(workers + 1)]
+        jobs = [(strategies, problems[a:b], enc, a, w, workers) for w, (a, b) in enumerate(zip(starts, starts[1:]))]
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            shares = pool.starmap(decode_share, jobs)  # [worker][strategy]
+        tallies = [merge_tallies(parts) for parts in zip(*shares)]
+    return summarize(strategies, tallies), tallies
+
+
+def decode_share(strategies, problems, enc, first=0, worker=0, workers=1):
+    """Every strategy's Tally over `problems` (the bench's problems from number `first` on),
+    interleaved: each problem is decoded by every strategy before the next, so a slow patch of
+    the machine slows all of them alike."""
+    if workers > 1:
+        torch.set_num_threads(1)
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
-    for s in strategies:  # warm-up: the first call pays for allocations, not decoding
-        s.decode(enc.encode_ordinary(format_prompt(problems[0]["question"])))
+    todo = [min(len(problems), max(0, s.n - first)) for s in strategies]  # each runs on the bench's first s.n
+    for s, n in zip(strategies, todo):  # warm-up: the first call pays for allocations, not decoding
+        if n:
+            s.decode(enc.encode_ordinary(format_prompt(problems[0]["question"])))
     tallies = [Tally() for _ in strategies]
-    bars = [tqdm(total=s.n, desc=f"{s.model} {s.name}"[:36].ljust(36), position=i, leave=True,
-                 dynamic_ncols=True, mininterval=1.0) for i, s in enumerate(strategies)]
+    if workers == 1:  # a bar per strategy
+        bars = [tqdm(total=n, desc=f"{s.model} {s.name}"[:36].ljust(36), position=i, leave=True,
+                     dynamic_ncols=True, mininterval=1.0) for i, (s, n) in enumerate(zip(strategies, todo))]
+    else:  # a bar per worker, counting its problems times its strategies
+        bars = [tqdm(total=sum(todo), desc=f"worker {worker + 1} of {workers}: {len(strategies)} strategies",
+                     position=worker, leave=True, dynamic_ncols=True, mininterval=1.0)] * len(strategies)
     for i, problem in enumerate(problems):
         prompt_ids = enc.encode_ordinary(format_prompt(problem["question"]))
         expected = final_answer(problem["answer"])
-        for s, t, bar in zip(strategies, tallies, bars):
-            if i >= s.n:
+        for s, t, bar, n in zip(strategies, tallies, bars, todo):
+            if i >= n:
                 continue
             t0 = time.perf_counter()
             gen = s.decode(prompt_ids)
@@ -125,10 +154,33 @@ def run_bench(strategies, problems, enc):
                     t.proposed_at[j] += 1
                     t.accepted_at[j] += j < accepted
             bar.update()
-            bar.set_postfix(accuracy=f"{100 * t.correct / len(t.outputs):.1f}%", refresh=False)
-    for bar in bars:
+            if workers == 1:
+                bar.set_postfix(accuracy=f"{100 * t.correct / len(t.outputs):.1f}%", refresh=False)
+    for bar in set(bars):
         bar.close()
-    return summarize(strategies, tallies), tallies
+    return tallies
+
+
+def merge_tallies(parts):
+    """One strategy's tallies from consecutive shares of the problems, as one process would
+    have counted them all: counts add up, the per-problem lists follow in problem order."""
+    total = Tally()
+    for t in parts:
+        for name, value in vars(t).items():
+            mine = getattr(total, name)
+            if name == "step_kinds":
+                for kind, (wrong, written) in value.items():
+                    pair = mine.setdefault(kind, [0, 0])
+                    pair[0], pair[1] = pair[0] + wrong, pair[1] + written
+            elif name in ("proposed_at", "accepted_at"):  # by draft position
+                mine += [0] * (len(value) - len(mine))
+                for j, v in enumerate(value):
+                    mine[j] += v
+            elif name in ("outputs", "chunks"):
+                mine.extend(value)
+            else:
+                setattr(total, name, mine + value)
+    return total
 
 
 def summarize(strategies, tallies):
@@ -382,6 +434,7 @@ def load_problems(path, n):
 
 STRATEGIES = ["ntp", "no_cache", "draft", "static", "confadapt", "calibrated", "speculative", "self_speculative",
               "mtp_speculative"]
+DEFAULT_STRATEGIES = [s for s in STRATEGIES if s != "calibrated"]  # the calibrated gate is an experiment (results.md)
 
 
 def parse_ints(text, flag):
@@ -413,11 +466,12 @@ def parse_args(argv=None):
     p.add_argument("--compare", nargs="+", metavar="STUDENT",
                    help="ablations: static k and ConfAdapt rows for each of these students (named by their file: "
                    "student_NAME.pt), written to ablations.{json,md,png} and agreement.png instead")
-    p.add_argument("--strategies", default=",".join(STRATEGIES),
-                   help="which families to run (the teacher's cached NTP greedy always runs: it is the baseline)")
+    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
+                   help=f"which families to run, of {','.join(STRATEGIES)} (the teacher's cached NTP greedy always "
+                   "runs: it is the baseline)")
     p.add_argument("--static_k", default="1,2,3,4,5", help="student: static k values (k=1 is the student's NTP)")
     p.add_argument("--taus", default="0.6,0.8,0.9,0.95,0.99,0.999", help="student: ConfAdapt thresholds")
-    p.add_argument("--gammas", default="2,4", help="speculative: draft tokens per step")
+    p.add_argument("--gammas", default="4", help="speculative: draft tokens per step")
     p.add_argument("--self_k", default="4,8", help="self-speculative: positions read per pass")
     p.add_argument("--mtp_k", default="4", help="MTP-drafted speculative: tokens the student drafts per pass")
     p.add_argument("--test", default=None, help="test.jsonl (None: next to the teacher's tokenizer)")
@@ -426,6 +480,8 @@ def parse_args(argv=None):
     p.add_argument("--max_new_tokens", type=int, default=256, help="at most (the context ends generation too)")
     p.add_argument("--n_chunks", type=int, default=3, help="held-out answers drawn in chunks.png")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    p.add_argument("--workers", default="auto", help="processes that decode at once, one thread each, the problems "
+                   "shared out among them (run_bench); auto: 2 on a CPU with two cores or more, else 1")
     p.add_argument("--compile", action="store_true", help="every strategy decodes with fixed-shape passes through "
                    "torch.compile (decode.py --compile): the same tokens up to rounding (docs/results.md: what it gave "
                    "on a CPU)")
@@ -439,6 +495,8 @@ def parse_args(argv=None):
     args.static_k, args.taus = parse_ints(args.static_k, "--static_k"), parse_taus(args.taus)
     args.gammas, args.self_k = parse_ints(args.gammas, "--gammas"), parse_ints(args.self_k, "--self_k")
     args.mtp_k = parse_ints(args.mtp_k, "--mtp_k")
+    if args.workers != "auto":
+        args.workers = parse_ints(args.workers, "--workers")[0]
     return args
 
 
@@ -451,10 +509,15 @@ def main(args):
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
     shared = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab, compiled=args.compile)
     strategies, students = build_strategies(args, teacher, teacher_ckpt, len(problems), shared, device)
+    if args.workers == "auto":  # two on a CPU (measured on two cores: docs/notebook.md); one GPU serves one best
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        args.workers = 2 if device == "cpu" and cores >= 2 else 1
+    args.workers = min(args.workers, len(problems))
     print(f"benchmarking {len(strategies)} strategies on {len(problems)} problems from {test_path} on {device}, "
-          f"interleaved problem by problem")
+          f"interleaved problem by problem" + (f", in {args.workers} processes of one thread" if args.workers > 1
+                                               else ""))
     t0 = time.time()
-    rows, tallies = run_bench(strategies, problems, enc)
+    rows, tallies = run_bench(strategies, problems, enc, args.workers)
     calib = None
     k1 = {s.model: t.outputs for s, t in zip(strategies, tallies) if s.name == "static k=1"}
     if "student" in k1 and not args.compare:  # what ConfAdapt's gate lets through

@@ -27,10 +27,11 @@ def write_outputs(args, rows, strategies, tallies, students, problems, enc, eos_
         if calib is not None:
             table += "\n\n" + calibration_table(**calib)
     command = "python bench.py " + " ".join(sys.argv[1:])
+    workers = f", {args.workers} processes of one thread each" if args.workers > 1 else ""
     with open(os.path.join(args.out_dir, f"{stem}.json"), "w") as f:
         json.dump(rows, f, indent=1)
     with open(os.path.join(args.out_dir, f"{stem}.md"), "w") as f:
-        f.write(f"Measured on {device} with `{command.strip()}` ({minutes:.1f} min).\n\n{table}\n")
+        f.write(f"Measured on {device}{workers} with `{command.strip()}` ({minutes:.1f} min).\n\n{table}\n")
     title = f"{len(problems)} held-out problems, {device}, batch 1"
     written = [f"{stem}.json", f"{stem}.md", "ablations.png" if args.compare else "pareto.png"]
     if args.compare:
