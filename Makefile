@@ -3,7 +3,7 @@
 #   make demo   install what is missing, then data -> teacher, draft -> student -> bench (CPU default)
 #   make test   install what is missing, then run the test suite
 #   make ablations   one student per variant of the paper's ablations, then one comparison (86 CPU min)
-#   make demo GPU=1  the same pipeline with the one-GPU presets (bf16, torch.compile, fused AdamW)
+#   make demo GPU=1  the same pipeline with the one-GPU presets (torch.compile, fused AdamW, bf16 where the GPU has it)
 #   make gpu-check   run this first on a GPU: the GPU presets end to end in a few minutes (out/gpu-check)
 #
 # An interrupted training run keeps its checkpoint and prints the command that finishes it
@@ -27,7 +27,7 @@ demo: install out/bench.json
 	@cat out/bench.md
 
 install:
-	@$(PYTHON) -c "import torch, numpy, tiktoken, tqdm, pytest, matplotlib" 2>/dev/null || $(PYTHON) -m pip install -r requirements.txt
+	@$(PYTHON) -c "import torch, numpy, tiktoken, tqdm, pytest, xdist, matplotlib" 2>/dev/null || $(PYTHON) -m pip install -r requirements.txt
 
 $(DATA)/train.bin: data/prepare.py data/problems.py data/tokenizer.py
 	$(PYTHON) data/prepare.py --out_dir $(DATA)
@@ -91,8 +91,9 @@ ablations: install $(STUDENTS)
 	$(PYTHON) bench.py --compare $(STUDENTS) --n 400 --static_k 1,2,3,4,5 --taus 0.8,0.9,0.95,0.99 \
 		--strategies ntp,static,confadapt
 
+# Two pytest workers (pytest-xdist): one run of the suite keeps one core busy at a time.
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2
 
 clean:
 	rm -rf out $(DATA)

@@ -1,15 +1,16 @@
 """bench.py: what it counts (form and arithmetic apart, intervals, the modelled speed-up) and what
 it shows of ConfAdapt's gate (where answers part from k=1, the calibration)."""
 import json
+from functools import partial
 
 import pytest
 import torch
 
-from bench import Strategy, calibration, first_departures, run_bench, wilson_interval
+from bench import Strategy, Tally, calibration, first_departures, merge_tallies, run_bench, wilson_interval
 from conftest import TINY
 from data import problems
 from data.tokenizer import EOT, load_tokenizer, padded_vocab_size
-from decode import Generation, generate_mtp
+from decode import Generation, generate_mtp, generate_ntp, generate_speculative
 from model import GPT, GPTConfig, add_mask_token
 from report import accuracy_at
 
@@ -31,6 +32,53 @@ def test_bench_scores_form_and_arithmetic_apart(tiny_data):
                          Strategy("m", "wrong final", "ntp", writes(lambda a: a.rsplit("#### ", 1)[0] + "#### 1000"),
                                   10, (1, 0), (1, 0))], tests, enc)
     assert [(r["accuracy"], r["well_formed"], r["steps_right"]) for r in rows] == [(100, 100, 100), (0, 0, 100)]
+
+
+def test_merged_tallies_are_what_one_process_would_count():
+    """Two shares of the problems, counted apart, then merged: counts add up, the kinds of step
+    add up by kind, acceptance adds up by draft position (where only one share reached a position
+    too), and the answers follow in problem order."""
+    first = Tally(correct=2, well_formed=3, worked=4, worked_right=3, step_kinds={"+ 1d": [1, 3]}, tokens=10,
+                  seconds=1.5, tpf=3.0, forwards=6, draft_forwards=2, steps=2, accepted=3, proposed_at=[2, 1],
+                  accepted_at=[2, 1], outputs=[[1], [2]], chunks=[[1], [1]])
+    second = Tally(correct=1, well_formed=1, worked=2, worked_right=2, step_kinds={"+ 1d": [0, 1], "* 2d": [1, 1]},
+                   tokens=5, seconds=0.5, tpf=1.0, forwards=3, draft_forwards=1, steps=1, accepted=2,
+                   proposed_at=[1, 1, 1], accepted_at=[1, 1, 0], outputs=[[3]], chunks=[[1]])
+    assert merge_tallies([first, second]) == Tally(
+        correct=3, well_formed=4, worked=6, worked_right=5, step_kinds={"+ 1d": [1, 4], "* 2d": [1, 1]}, tokens=15,
+        seconds=2.0, tpf=4.0, forwards=9, draft_forwards=3, steps=3, accepted=5, proposed_at=[3, 2, 1],
+        accepted_at=[3, 2, 0], outputs=[[1], [2], [3]], chunks=[[1], [1], [1]])
+    assert first.step_kinds == {"+ 1d": [1, 3]} and first.proposed_at == [2, 1]  # the shares are left as they were
+
+
+@pytest.mark.slow
+def test_two_workers_count_what_one_counts(tiny_data):
+    """The problems shared out between two processes: the same rows as one process gives, timings
+    apart, and every answer in problem order. A strategy on fewer problems than the others (as
+    the no-cache row) and one with drafts (counted by draft position) are merged too."""
+    enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
+    eos = enc.encode(EOT, allowed_special={EOT})[0]
+    config = GPTConfig(**{**TINY.__dict__, "vocab_size": padded_vocab_size(enc)})
+    torch.manual_seed(0)
+    teacher, draft = GPT(config).eval(), GPT(config).eval()
+    student = add_mask_token(GPT(config).eval(), enc.n_vocab, torch.Generator().manual_seed(0))
+    shared = dict(max_new_tokens=12, eos_id=eos, n_vocab=enc.n_vocab)
+    strategies = [Strategy("teacher", "ntp greedy", "ntp", partial(generate_ntp, teacher, **shared), 7, (1, 0), (1, 0)),
+                  Strategy("student", "static k=3", "static k", partial(generate_mtp, student, mask_id=enc.n_vocab,
+                                                                          k=3, **shared), 2, (1, 0), (1, 0)),
+                  Strategy("teacher + draft", "speculative gamma=3", "speculative",
+                           partial(generate_speculative, teacher, draft, gamma=3, **shared), 7, (1, 1), (1, 1),
+                           reference="teacher/ntp greedy")]
+    tests = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:7]
+    one_rows, one = run_bench(strategies, tests, enc, workers=1)
+    two_rows, two = run_bench(strategies, tests, enc, workers=2)
+    timing = ("tokens_per_second", "speedup")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in two_rows] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in one_rows]
+    assert [len(t.outputs) for t in two] == [7, 2, 7]
+    for a, b in zip(one, two):
+        assert (a.outputs, a.chunks, a.proposed_at, a.accepted_at) == (b.outputs, b.chunks, b.proposed_at,
+                                                                       b.accepted_at)
 
 
 @pytest.mark.parametrize("correct, n, interval", [
