@@ -91,7 +91,7 @@ ablations: install $(STUDENTS)
 	$(PYTHON) bench.py --compare $(STUDENTS) --n 400 --static_k 1,2,3,4,5 --taus 0.8,0.9,0.95,0.99 \
 		--strategies ntp,static,confadapt
 
-# Two pytest workers (pytest-xdist): one run of the suite keeps one core busy at a time.
+# Two pytest workers (pytest-xdist): without them the suite keeps one core busy at a time.
 test: install
 	$(PYTHON) -m pytest -q -n 2
 
