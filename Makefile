@@ -2,7 +2,7 @@
 #
 #   make demo   install what is missing, then data -> teacher, draft -> student -> bench (CPU default)
 #   make test   install what is missing, then run the test suite
-#   make ablations   one student per variant of the paper's ablations, then one comparison (86 CPU min)
+#   make ablations   one student per variant of the paper's ablations, then one comparison (86 min with bf16 units)
 #   make demo GPU=1  the same pipeline with the one-GPU presets (torch.compile, fused AdamW, bf16 where the GPU has it)
 #   make gpu-check   run this first on a GPU: the GPU presets end to end in a few minutes (out/gpu-check)
 #
