@@ -289,7 +289,8 @@ def load_teacher_and_student(path, device, seed, mask_per_offset=False, k_max=2,
 def main(args):
     procs = setup_processes(args.device, args.grad_accum)
     log = print if procs.master else (lambda *a, **k: None)
-    log(settings_line(args, bf16=resolve_bf16(args, procs.device)))
+    bf16_why = resolve_bf16(args, procs.device)  # --bf16 auto becomes True or False here, on every rank
+    log(settings_line(args, bf16=bf16_why))
     torch.manual_seed(args.seed)
 
     teacher, teacher_ckpt, enc, student, mask_id = load_teacher_and_student(

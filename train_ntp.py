@@ -124,7 +124,8 @@ def estimate_loss(model, data, starts, no_loss, args, device, autocast):
 def main(args):
     procs = setup_processes(args.device, args.grad_accum)
     log = print if procs.master else (lambda *a, **k: None)
-    log(settings_line(args, bf16=resolve_bf16(args, procs.device)))
+    bf16_why = resolve_bf16(args, procs.device)  # --bf16 auto becomes True or False here, on every rank
+    log(settings_line(args, bf16=bf16_why))
 
     torch.manual_seed(args.seed)
     tokenizer_path, enc, train, val = load_data(args, procs)

@@ -101,8 +101,8 @@ def test_the_gpu_presets_run_on_the_cpu(tiny_data, tmp_path):
     """What `make demo GPU=1` switches on besides CUDA itself, for two steps each on the CPU: the
     GPU presets' widths and batch layout in both training scripts, and the distillation step
     through torch.compile (train_ntp.py's compiled step is test_compiled_training_computes_the_
-    eager_losses's; bf16 autocast is test_bf16_training_on_answers_lowers_the_loss's: forced on
-    here, a CPU without bf16 units would emulate these widths' matmuls for minutes). One
+    eager_losses's; bf16 autocast is test_bf16_training_on_answers_lowers_the_loss's: turned on
+    here, it would make a CPU without bf16 units emulate these widths' matmuls for minutes). One
     layer instead of the presets' 8 and 4: compiling takes time in proportion to the layers, and
     every layer is the same code."""
     few = ["--max_iters", "2", "--batch_size", "2", "--eval_iters", "1", "--device", "cpu", "--no-bf16"]
