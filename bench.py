@@ -36,13 +36,15 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
-from common import HelpFormatter, UserError, check_flags, check_same_tokenizer, load_for_decoding, pick_device, student_k
+from common import (HelpFormatter, UserError, check_flags, check_same_tokenizer, load_for_decoding, pick_device,
+                    student_k, student_mask_ids)
 from data.check import check_answer, step_kind
 from data.problems import final_answer, format_prompt
 from data.tokenizer import EOT
-from decode import generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative, generate_speculative
-from distill_mtp import mtp_layout
-from model import mask_tokens
+from decode import (CompiledDecoder, generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative,
+                    generate_speculative)
+from experiments import calibrated_confidence
+from model import mtp_layout
 from report import CURVES, write_outputs
 
 
@@ -55,8 +57,9 @@ class Strategy:
     n: int                            # how many of the problems it runs on
     sizes: tuple                      # parameters of (the model whose passes decide, the drafter): modelled_speedup
     large: tuple                      # the same for a large pair: an 8B target, a 1B draft
-    reference: Optional[str] = None   # lossless: the "model/name" whose output it reproduces token for token
+    reference: Optional["Strategy"] = None  # lossless: the strategy whose output it reproduces token for token
     tau: Optional[float] = None       # ConfAdapt's threshold
+    k: Optional[int] = None           # static k's k
 
 
 @dataclass
@@ -185,7 +188,7 @@ def merge_tallies(parts):
 
 def summarize(strategies, tallies):
     """One row of results per strategy (what bench.json holds), from run_bench's tallies."""
-    outputs = {f"{s.model}/{s.name}": t.outputs for s, t in zip(strategies, tallies)}
+    outputs = {id(s): t.outputs for s, t in zip(strategies, tallies)}
     rows = []
     for s, t in zip(strategies, tallies):
         done = len(t.outputs)
@@ -200,7 +203,7 @@ def summarize(strategies, tallies):
                "accepted_per_step": round(t.accepted / t.steps, 2) if t.steps else None,
                "acceptance_by_position": [round(a / p, 3) for a, p in zip(t.accepted_at, t.proposed_at)],
                "tokens_per_second": round(t.tokens / t.seconds, 1), "identical": None}
-        reference = outputs.get(s.reference)
+        reference = outputs.get(id(s.reference))
         if reference is not None:  # lossless strategies: the share of outputs equal to their reference
             row["identical"] = round(100 * sum(a == b for a, b in zip(t.outputs, reference)) / done, 1)
         rows.append(row)
@@ -262,7 +265,7 @@ def calibration(student, ckpt, teacher, problems, k1_answers, enc, bins=CONFIDEN
         if len(points) == 0:
             continue
         pos, mask, read = mtp_layout(len(x), k, points, ckpt["bidirectional"])
-        masks = torch.tensor(mask_tokens(ckpt["mask_id"], k - 1, ckpt["mask_per_offset"]) * len(points))
+        masks = torch.tensor(student_mask_ids(ckpt) * len(points))
         idx = torch.cat([x, masks])[None].to(device)                      # (1, N + M (k-1))
         logits, _ = student(idx, pos=pos.to(device), attn_mask=mask.to(device))
         scores = logits[0, read][..., :enc.n_vocab].float().cpu()       # (M, k, n_vocab)
@@ -310,9 +313,11 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
     speed-up. Returns (strategies, {name: (student, its checkpoint)}: the --compare variants, or
     the student)."""
     chosen, T = set(args.strategies), teacher.num_params()
-    by_teacher = "teacher/ntp greedy"  # the reference of the lossless strategies that verify with the teacher
-    strategies = [Strategy("teacher", "ntp greedy", "ntp", partial(generate_ntp, teacher, **shared), n,
-                           (T, 0), (LARGE["teacher"], 0))]
+    decoder = CompiledDecoder if args.compile else (lambda model: model)  # how every strategy runs a model
+    teacher_decoder = decoder(teacher)
+    by_teacher = Strategy("teacher", "ntp greedy", "ntp", partial(generate_ntp, teacher_decoder, **shared), n,
+                          (T, 0), (LARGE["teacher"], 0))  # the baseline, and the reference of the lossless
+    strategies = [by_teacher]                            # strategies that verify with the teacher
     if args.compare:
         students = {}
         for path in args.compare:
@@ -320,8 +325,8 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
             if name in students:
                 raise UserError(f"two students are named {name!r}: --compare needs distinct file names")
             students[name] = load_student(path, args, teacher_ckpt, device)
-            strategies += mtp_strategies(name, *students[name], args.static_k, args.taus, n, shared,
-                                         calibrated="calibrated" in chosen)
+            strategies += mtp_strategies(name, decoder(students[name][0]), students[name][1], args.static_k,
+                                         args.taus, n, shared, calibrated="calibrated" in chosen)
         return strategies, students
 
     if "no_cache" in chosen and args.n_uncached:
@@ -332,34 +337,36 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
     if os.path.exists(args.draft) and {"draft", "speculative"} & chosen:
         draft, _, draft_ckpt = load_for_decoding(args.draft, device, kinds=("draft",))
         check_same_tokenizer(teacher_ckpt, draft_ckpt, args.teacher, args.draft)
-        D = draft.num_params()
+        D, draft_decoder = draft.num_params(), decoder(draft)
     if os.path.exists(args.student) and {"static", "confadapt", "self_speculative", "mtp_speculative"} & chosen:
         student, student_ckpt = load_student(args.student, args, teacher_ckpt, device)
-        S = student.num_params()
-        masks = dict(mask_id=student_ckpt["mask_id"], mask_per_offset=student_ckpt["mask_per_offset"])
+        S, student_decoder, mask_ids = student.num_params(), decoder(student), student_mask_ids(student_ckpt)
     if draft is not None and "draft" in chosen:
-        strategies.append(Strategy("draft", "ntp greedy", "ntp", partial(generate_ntp, draft, **shared), n,
+        strategies.append(Strategy("draft", "ntp greedy", "ntp", partial(generate_ntp, draft_decoder, **shared), n,
                                    (D, 0), (LARGE["draft"], 0)))
     if student is not None:
         static_k = args.static_k if "static" in chosen else []
-        strategies += mtp_strategies("student", student, student_ckpt, static_k,
-                                     args.taus if "confadapt" in chosen else [], n, shared,
-                                     calibrated="calibrated" in chosen)
+        student_rows = mtp_strategies("student", student_decoder, student_ckpt, static_k,
+                                      args.taus if "confadapt" in chosen else [], n, shared,
+                                      calibrated="calibrated" in chosen)
         if "self_speculative" in chosen:
             if 1 not in static_k:  # its reference: the student's own k=1 greedy output
-                strategies += mtp_strategies("student", student, student_ckpt, [1], [], n, shared)
-            strategies += [Strategy("student", f"self-speculative k={k}", "self-speculative",
-                                    partial(generate_self_speculative, student, k=k, **masks, **shared), n,
-                                    (S, 0), (LARGE["student"], 0), reference="student/static k=1")
-                           for k in args.self_k]
+                student_rows += mtp_strategies("student", student_decoder, student_ckpt, [1], [], n, shared)
+            k1 = next(s for s in student_rows if s.k == 1)
+            student_rows += [Strategy("student", f"self-speculative k={k}", "self-speculative",
+                                      partial(generate_self_speculative, student_decoder, mask_ids=mask_ids, k=k,
+                                              **shared), n, (S, 0), (LARGE["student"], 0), reference=k1)
+                             for k in args.self_k]
+        strategies += student_rows
     if draft is not None and "speculative" in chosen:
         strategies += [Strategy("teacher + draft", f"speculative gamma={gamma}", "speculative",
-                                partial(generate_speculative, teacher, draft, gamma=gamma, **shared), n,
+                                partial(generate_speculative, teacher_decoder, draft_decoder, gamma=gamma, **shared), n,
                                 (T, D), (LARGE["teacher"], LARGE["draft"]), reference=by_teacher)
                        for gamma in args.gammas]
     if student is not None and "mtp_speculative" in chosen:
         strategies += [Strategy("teacher + student", f"MTP-drafted speculative k={k}", "MTP-drafted speculative",
-                                partial(generate_mtp_speculative, teacher, student, k=k, **masks, **shared), n,
+                                partial(generate_mtp_speculative, teacher_decoder, student_decoder, mask_ids=mask_ids,
+                                        k=k, **shared), n,
                                 (T, S), (LARGE["teacher"], LARGE["student"]), reference=by_teacher)
                        for k in args.mtp_k]
     return strategies, {} if student is None else {"student": (student, student_ckpt)}
@@ -368,27 +375,34 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
 def mtp_strategies(model, student, ckpt, static_k, taus, n, shared, calibrated=False):
     """A student's static-k rows (k moving) and ConfAdapt rows (tau moving, k = its k_max); with
     `calibrated` and a student that has fitted temperatures, the ConfAdapt rows again with its
-    confidences read at those temperatures (the same taus, another curve)."""
-    mtp = dict(mask_id=ckpt["mask_id"], mask_per_offset=ckpt["mask_per_offset"], bidirectional=ckpt["bidirectional"],
-               **shared)
+    confidences read at those temperatures (experiments.calibrated_confidence: the same taus,
+    another curve). `student` is the model the strategies run (CompiledDecoder with --compile)."""
+    mtp = dict(mask_ids=student_mask_ids(ckpt), bidirectional=ckpt["bidirectional"], **shared)
     sizes, large = (student.num_params(), 0), (LARGE["student"], 0)
     gates = [("", "ConfAdapt", None)]
     if calibrated and ckpt["temperatures"] is not None:
-        gates.append((", calibrated", "ConfAdapt, calibrated", ckpt["temperatures"]))
-    return ([Strategy(model, f"static k={k}", "static k", partial(generate_mtp, student, k=k, **mtp), n, sizes, large)
+        gates.append((", calibrated", "ConfAdapt, calibrated",
+                      partial(calibrated_confidence, temperatures=ckpt["temperatures"])))
+    return ([Strategy(model, f"static k={k}", "static k", partial(generate_mtp, student, k=k, **mtp), n, sizes, large,
+                      k=k)
              for k in static_k]
             + [Strategy(model, f"ConfAdapt tau={tau}{suffix}", family,
-                        partial(generate_mtp, student, k=ckpt["k_max"], tau=tau, temperatures=temperatures, **mtp),
+                        partial(generate_mtp, student, k=ckpt["k_max"], tau=tau, confidence=confidence, **mtp),
                         n, sizes, large, tau=tau)
-               for suffix, family, temperatures in gates for tau in taus])
+               for suffix, family, confidence in gates for tau in taus])
 
 
 def load_student(path, args, teacher_ckpt, device):
-    """(student, its checkpoint), checked against the teacher's tokenizer and --static_k."""
+    """(student, its checkpoint), checked against the teacher's tokenizer and the k flags."""
     student, _, ckpt = load_for_decoding(path, device, kinds=("student",))
     check_same_tokenizer(teacher_ckpt, ckpt, args.teacher, path)
-    for k in args.static_k:
-        student_k(k, ckpt, path, "--static_k")  # no more positions than it was trained for
+    runs = set(args.strategies) if not args.compare else {"static"}  # --compare: static k and ConfAdapt rows only
+    checked = [("--static_k", args.static_k if "static" in runs else []),
+               ("--self_k", args.self_k if "self_speculative" in runs else []),
+               ("--mtp_k", args.mtp_k if "mtp_speculative" in runs else [])]
+    for flag, ks in checked:
+        for k in ks:
+            student_k(k, ckpt, path, flag)  # no more positions than it was trained for
     if ckpt["step"] < ckpt["args"]["max_iters"]:
         print(f"note: {path} stopped at step {ckpt['step']} of {ckpt['args']['max_iters']}: finish it with "
               f"--resume and the flags it was started with", file=sys.stderr)
@@ -465,7 +479,8 @@ def parse_args(argv=None):
     p.add_argument("--student", default="out/student.pt", help="measured too if the file exists")
     p.add_argument("--compare", nargs="+", metavar="STUDENT",
                    help="ablations: static k and ConfAdapt rows for each of these students (named by their file: "
-                   "student_NAME.pt), written to ablations.{json,md,png} and agreement.png instead")
+                   "student_NAME.pt), written to ablations.{json,md,png} and agreement.png instead (None: no "
+                   "comparison, the bench of --teacher, --draft and --student)")
     p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
                    help=f"which families to run, of {','.join(STRATEGIES)} (the teacher's cached NTP greedy always "
                    "runs: it is the baseline)")
@@ -507,7 +522,7 @@ def main(args):
     test_path = args.test or os.path.join(os.path.dirname(teacher_ckpt["tokenizer"]), "test.jsonl")
     problems = load_problems(test_path, args.n)
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
-    shared = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab, compiled=args.compile)
+    shared = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab)
     strategies, students = build_strategies(args, teacher, teacher_ckpt, len(problems), shared, device)
     if args.workers == "auto":  # two on a CPU (measured on two cores: docs/notebook.md); one GPU serves one best
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -519,10 +534,10 @@ def main(args):
     t0 = time.time()
     rows, tallies = run_bench(strategies, problems, enc, args.workers)
     calib = None
-    k1 = {s.model: t.outputs for s, t in zip(strategies, tallies) if s.name == "static k=1"}
+    k1 = {s.model: t.outputs for s, t in zip(strategies, tallies) if s.k == 1}
     if "student" in k1 and not args.compare:  # what ConfAdapt's gate lets through
         for row, s, t in zip(rows, strategies, tallies):
-            if s.model == "student" and s.family in CURVES and s.name != "static k=1":
+            if s.model == "student" and s.family in CURVES and s.k != 1:
                 row["first_departure"] = first_departures(t.outputs, t.chunks, k1["student"])
         print("the student's confidence against its own k=1 answers, teacher-forced ...")
         calib = calibration(*students["student"], teacher, problems, k1["student"], enc)

@@ -11,7 +11,8 @@ from dataclasses import asdict
 import torch
 
 from data.tokenizer import load_tokenizer
-from model import GPT, GPTConfig
+from experiments import add_mask_adapter
+from model import GPT, GPTConfig, mask_tokens
 
 
 class UserError(Exception):
@@ -130,7 +131,11 @@ def tokenizer_from_checkpoint(ckpt, path=None):
 
 
 def model_from_checkpoint(ckpt, device="cpu"):
-    model = GPT(GPTConfig(**ckpt["config"]))
+    config = {k: v for k, v in ckpt["config"].items() if k in GPTConfig.__dataclass_fields__}  # (and older fields)
+    model = GPT(GPTConfig(**config))
+    adapter_rank = ckpt.get("args", {}).get("adapter_rank", 0) if ckpt["kind"] == "student" else 0
+    if adapter_rank:  # a student distilled with --adapter_rank (experiments.py)
+        add_mask_adapter(model, adapter_rank, ckpt["mask_id"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
 
@@ -145,6 +150,11 @@ def check_same_tokenizer(ckpt, other, path, other_path):
     if ckpt["tokenizer_md5"] != other["tokenizer_md5"]:
         raise UserError(f"{other_path} and {path} were trained with different tokenizers: "
                         f"a draft must speak the target's vocabulary")
+
+
+def student_mask_ids(ckpt):
+    """The ids of a student's masks by block offset, k_max - 1 of them (decode.generate_mtp)."""
+    return mask_tokens(ckpt["mask_id"], ckpt["k_max"] - 1, ckpt["mask_per_offset"])
 
 
 def student_k(k, ckpt, path, flag="--k"):

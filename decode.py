@@ -16,19 +16,20 @@ Every strategy feeds its model through `forward_new`, which keeps the KV cache h
 prefix of the accepted tokens, so throwing away masks or rejected drafts is a `cache.truncate`.
 """
 import argparse
-import functools
 import sys
 import time
 import types
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
 from common import (HelpFormatter, UserError, check_flags, check_same_tokenizer, load_for_decoding, pick_device,
-                    student_k)
+                    student_k, student_mask_ids)
 from data.problems import format_prompt
 from data.tokenizer import EOT
-from model import KVCache, mask_tokens
+from experiments import calibrated_confidence, run_confidence
+from model import KVCache
 
 
 @dataclass
@@ -58,12 +59,9 @@ class Generation:
         return chunk[-1] == eos_id or len(self.tokens) >= max_new_tokens
 
 
-# `compiled` (every strategy): each pass is padded to one fixed width and runs through
-# torch.compile (`forward_new`): the same tokens, except where rounding decides a near tie.
-
 @torch.no_grad()
 def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature=0.0, top_k=None,
-                 use_cache=True, generator=None, compiled=False):
+                 use_cache=True, generator=None):
     """Next-token prediction: one token per forward pass, until EOS, max_new_tokens or a full context.
     With the cache each pass feeds only the newest token; without it every pass re-reads the
     whole sequence: the same tokens, much more work."""
@@ -72,7 +70,7 @@ def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < model.config.block_size:
         if use_cache:
-            logits = forward_new(model, cache, seq, width=1 if compiled else None)[-1]
+            logits = forward_new(model, cache, seq)[-1]
         else:
             logits = model(torch.tensor([seq], device=model.lm_head.weight.device))[0][0, -1]
         out.n_forward += 1
@@ -84,48 +82,38 @@ def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature
 
 
 @torch.no_grad()
-def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, tau=None, gate="token",
-                 temperatures=None, mask_per_offset=False, bidirectional=False, compiled=False):
-    """Multi-token prediction with the student's <MTP> mask (paper Sec. 3.4 and 4.5-4.6).
+def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_ids, k, tau=None, bidirectional=False,
+                 confidence=None):
+    """Multi-token prediction with the student's <MTP> masks (paper Sec. 3.4 and 4.5-4.6).
 
-    Every forward pass feeds the newly accepted tokens plus k-1 masks and reads k greedy
-    predictions from the last k positions (the last real token predicts token 1, mask j
-    predicts token j+1). Static k (tau=None) emits all k. ConfAdapt(tau) emits the longest
-    leading run whose confidence (max softmax) is >= tau, always at least one token:
-    gate="token" asks it of each token's own confidence (the paper); gate="run" of the
-    product of the confidences up to the token, the student's own odds that the whole run
-    is right, so a run of tokens each barely above tau stops sooner. `temperatures` (one per
-    block position, fitted after distillation: distill_mtp.fit_temperatures) divide the logits
-    before the confidence is read, so that a confidence of tau is right about tau of the time
-    at every position; the tokens themselves do not change.
+    Every forward pass feeds the newly accepted tokens plus k-1 masks (mask_ids[:k-1]: the
+    student's masks by block offset, one <MTP> id repeated for the paper's student) and reads
+    k greedy predictions from the last k positions (the last real token predicts token 1,
+    mask j predicts token j+1). Static k (tau=None) emits all k. ConfAdapt(tau) emits the
+    longest leading run whose confidence, the largest probability, is >= tau, and always at
+    least one token. (`confidence`, a function of the pass's scores, replaces that measure:
+    the experiments of experiments.py.)
     The masks' cache entries are stale once their tokens are known, so the cache is cut back
     to the last real token; the accepted tokens are fed as real tokens on the next pass.
     `bidirectional`: the student was distilled with masks that see each other both ways."""
     check_prompt(prompt_ids, model)
     check_k(k, model)
+    check_masks(mask_ids, k)
     if tau is not None and not 0 < tau <= 1:
         raise UserError(f"tau must be in (0, 1], got {tau}")
-    if gate not in ("token", "run"):
-        raise UserError(f"gate must be 'token' or 'run', got {gate!r}")
     cache = new_cache(model)
-    if temperatures is not None:  # once per generation, not once per pass
-        temperatures = torch.tensor(temperatures[:k], device=cache.k.device)  # (k,)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < model.config.block_size:
         n_masks = min(k, model.config.block_size - len(seq)) - 1  # emitted tokens stay inside the context
-        logits = forward_new(model, cache, seq, mask_tokens(mask_id, n_masks, mask_per_offset), bidirectional,
-                             width=2 * k - 1 if compiled else None)  # (n_masks + 1, vocab_size)
+        logits = forward_new(model, cache, seq, mask_ids[:n_masks], bidirectional)  # (n_masks + 1, vocab_size)
         out.n_forward += 1
         cache.truncate(len(seq))  # forget the masks' keys/values
         scores = logits[:, :n_vocab].float()  # (n_masks + 1, n_vocab)
-        if temperatures is not None:
-            scores = scores / temperatures[:n_masks + 1, None]
-        confidence, tokens = torch.softmax(scores, dim=-1).max(dim=-1)  # (n_masks + 1,)
+        probability, tokens = torch.softmax(scores, dim=-1).max(dim=-1)  # (n_masks + 1,)
         n_emit = n_masks + 1
         if tau is not None:  # ConfAdapt: stop before the first position below tau
-            if gate == "run":
-                confidence = confidence.cumprod(0)
-            below = (confidence < tau).nonzero()
+            sure = probability if confidence is None else confidence(scores)  # (n_masks + 1,)
+            below = (sure < tau).nonzero()
             n_emit = max(1, int(below[0]) if len(below) else n_emit)
         chunk = tokens[:n_emit].tolist()
         if out.emit(chunk, eos_id, max_new_tokens):
@@ -136,7 +124,7 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
 
 @torch.no_grad()
 def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vocab, gamma, temperature=0.0,
-                         top_k=None, generator=None, compiled=False):
+                         top_k=None, generator=None):
     """Speculative decoding (Leviathan et al. 2023): the small draft model proposes gamma tokens
     one pass each, the target verifies all of them in one pass (accept_drafts). Lossless: at
     temperature 0 the output is the target's greedy output, above it the target's distribution.
@@ -151,13 +139,13 @@ def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vo
         g = min(gamma, target.config.block_size - len(seq) - 1, max_new_tokens - len(out.tokens) - 1)
         drafts, draft_probs = [], []
         for _ in range(g):  # the draft feeds its last draft and, after a full acceptance, the token after it
-            logits = forward_new(draft, d_cache, seq + drafts, width=2 if compiled else None)[-1]
+            logits = forward_new(draft, d_cache, seq + drafts)[-1]
             out.n_draft_forward += 1
             q = token_probs(logits, temperature, top_k, n_vocab) if temperature > 0 else None  # (n_vocab,)
             drafts.append(int(torch.multinomial(q, 1, generator=generator)) if temperature > 0
                           else int(torch.argmax(logits[:n_vocab])))
             draft_probs.append(q)
-        logits = forward_new(target, t_cache, seq, drafts, width=gamma + 1 if compiled else None)  # (g + 1, V)
+        logits = forward_new(target, t_cache, seq, drafts)  # (g + 1, V)
         out.n_forward += 1
         n, token = accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, generator)
         t_cache.truncate(len(seq) + n)                       # roll back the rejected drafts
@@ -170,8 +158,7 @@ def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vo
 
 
 @torch.no_grad()
-def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k, mask_per_offset=False,
-                              compiled=False):
+def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_ids, k):
     """Self-speculative MTP (blockwise parallel decoding, Stern et al. 2018; one of the paper's
     directions for future research, Sec. 6). One pass of the student feeds: the new real tokens,
     the drafts its masks made last pass, and k-1 fresh masks. Its next-token predictions at the
@@ -179,14 +166,14 @@ def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab
     which sit after the last draft, are the next drafts. Lossless: the output is the student's own k=1 greedy output."""
     check_prompt(prompt_ids, model)
     check_k(k, model)
+    check_masks(mask_ids, k)
     cache = new_cache(model)
     out, seq, drafts = Generation(tokens=[]), list(prompt_ids), []
     while len(seq) < model.config.block_size:
         room = min(model.config.block_size - len(seq), max_new_tokens - len(out.tokens)) - 1  # drafts + masks
         drafts = drafts[:room]
         n_masks = min(k - 1, room - len(drafts))
-        logits = forward_new(model, cache, seq, drafts + mask_tokens(mask_id, n_masks, mask_per_offset),
-                             width=2 * k - 1 if compiled else None)  # (len(drafts) + n_masks + 1, V)
+        logits = forward_new(model, cache, seq, drafts + mask_ids[:n_masks])  # (len(drafts) + n_masks + 1, V)
         out.n_forward += 1
         n, token = accept_drafts(logits[:len(drafts) + 1], drafts, None, 0, None, n_vocab)
         cache.truncate(len(seq) + n)  # keep the accepted drafts, forget rejected ones and the masks
@@ -202,25 +189,24 @@ def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab
 
 
 @torch.no_grad()
-def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_id, k,
-                             mask_per_offset=False, compiled=False):
+def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_ids, k):
     """MTP-drafted speculative decoding: the student drafts k tokens in ONE pass (its last real
     token and k-1 masks), the teacher verifies them in one pass. Lossless: the output is the
     teacher's greedy output; the student only decides how many passes it takes."""
     check_prompt(prompt_ids, target)
     check_k(k, target)
+    check_masks(mask_ids, k)
     t_cache, s_cache = new_cache(target), new_cache(student)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < target.config.block_size:
         g = min(k, target.config.block_size - len(seq) - 1, max_new_tokens - len(out.tokens) - 1)
         drafts = []
         if g > 0:  # the student feeds <= k + 1 new tokens and k-1 masks
-            s_logits = forward_new(student, s_cache, seq, mask_tokens(mask_id, g - 1, mask_per_offset),
-                                   width=2 * k if compiled else None)  # (g, vocab_size)
+            s_logits = forward_new(student, s_cache, seq, mask_ids[:g - 1])  # (g, vocab_size)
             out.n_draft_forward += 1
             s_cache.truncate(len(seq))  # the masks are stale
             drafts = s_logits[:, :n_vocab].argmax(-1).tolist()
-        logits = forward_new(target, t_cache, seq, drafts, width=k + 1 if compiled else None)  # (g + 1, V)
+        logits = forward_new(target, t_cache, seq, drafts)  # (g + 1, V)
         out.n_forward += 1
         n, token = accept_drafts(logits, drafts, None, 0, None, n_vocab)
         t_cache.truncate(len(seq) + n)
@@ -239,46 +225,75 @@ def new_cache(model):
     return KVCache(model.config, 1, model.lm_head.weight.device, model.lm_head.weight.dtype)
 
 
-def forward_new(model, cache, seq, extra=(), bidirectional=False, width=None):
+def forward_new(model, cache, seq, extra=(), bidirectional=False):
     """The one piece of KV-cache logic every strategy shares. The cache holds the keys/values
     of the first cache.length tokens of `seq` (accepted tokens); feed the rest of `seq`, then
     `extra` (drafts or <MTP> masks), at the positions that follow. Returns the logits of the
     last len(extra) + 1 tokens, (len(extra) + 1, vocab_size): row j predicts the token after
     seq + extra[:j]. Rolling back rejected drafts or stale masks is then `cache.truncate(...)`.
     The attention is causal, unless `bidirectional`: then the extra tokens also see each other
-    both ways (the masks of a student distilled with --bidirectional, read as it was trained).
-    `width` (the compiled path): pad the pass to exactly `width` tokens and run it through
-    torch.compile, which only reuses what it compiled for the same shapes. The padding sits
-    after the real tokens, which never see it, and later passes write over its slots. A pass
-    that does not fit (the prompt, or one that would pad past the context) runs plainly."""
+    both ways (the masks of a student distilled with --bidirectional, read as it was trained)."""
     start, tokens = cache.length, seq[cache.length:] + list(extra)
     n = len(tokens)
-    run = model
-    if width is not None and n <= width and start + width <= model.config.block_size:
-        tokens, run = tokens + [0] * (width - n), compiled_forward(model, width)
     device = cache.k.device
-    idx = torch.tensor([tokens], device=device)                       # (1, T)
-    pos = torch.arange(start, start + len(tokens), device=device)     # (T,)
+    idx = torch.tensor([tokens], device=device)               # (1, n)
+    pos = torch.arange(start, start + n, device=device)       # (n,)
     attn_mask = None  # the model's default: each token sees the slots up to its own position
     if bidirectional and len(extra) > 1:
-        n_keys = model.config.block_size if run is not model else start + n  # compiled: the whole cache
-        attn_mask = torch.arange(n_keys, device=device) <= pos[:, None]  # (T, n_keys)
-        attn_mask[n - len(extra):n, start + n - len(extra):start + n] = True  # the extra block sees itself whole
-    logits, _ = run(idx, pos=pos, attn_mask=attn_mask, cache=cache)
+        attn_mask = torch.arange(start + n, device=device) <= pos[:, None]  # (n, start + n)
+        attn_mask[n - len(extra):, start + n - len(extra):] = True  # the extra block sees itself whole
+    logits, _ = model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
     cache.length = start + n
-    return logits[0, n - len(extra) - 1:n]
+    return logits[0, n - len(extra) - 1:]
 
 
-@functools.cache
-def compiled_forward(model, width):
-    """The model's forward through torch.compile, for passes of `width` tokens. Dynamo keeps the
-    graphs it compiled for one function together and checks them in turn on every call; with a
-    bench's twenty or so models and widths, that check would cost more than a small model's
-    pass. A copy of the function per model and width keeps it to one graph and one check."""
-    def forward(idx, pos, attn_mask, cache):
-        return model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
-    code = forward.__code__.replace(co_name=f"forward_width_{width}")
-    return torch.compile(types.FunctionType(code, forward.__globals__, closure=forward.__closure__), dynamic=False)
+class CompiledDecoder:
+    """A model for the strategies whose cached passes run through torch.compile, the way
+    gpt-fast compiles its decode step: from outside, so the strategies stay as they are
+    (decode.py --compile, bench.py --compile). torch.compile reuses a graph only for the
+    shapes it was compiled for, so each pass is padded to the narrowest of COMPILED_WIDTHS
+    that holds it: a handful of graphs per model. The padding sits after the pass's tokens,
+    which never see it, and later passes write over its cache slots. A pass without a cache,
+    a wider one (the prompt) or one that would pad past the context runs the model as it is.
+    The tokens are the plain model's, except where rounding decides a near tie."""
+
+    def __init__(self, model):
+        self.model, self.config, self.lm_head = model, model.config, model.lm_head
+        self.num_params = model.num_params
+        self.graphs = {}  # width -> the model's forward compiled for passes of that many tokens
+
+    def __call__(self, idx, pos=None, attn_mask=None, cache=None):
+        T, block_size = idx.size(1), self.config.block_size
+        width = next((w for w in COMPILED_WIDTHS if w >= T), None)
+        if cache is None or width is None or int(pos[0]) + width > block_size:
+            return self.model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
+        pos = torch.arange(int(pos[0]), int(pos[0]) + width, device=idx.device)       # (width,)
+        idx = torch.cat([idx, idx.new_zeros(1, width - T)], dim=1)                     # (1, width)
+        # Fixed shapes: the keys are the whole cache; each token sees the slots up to its own
+        # position, or what the pass's own mask (T, n_keys) says.
+        full_mask = torch.arange(block_size, device=idx.device) <= pos[:, None]         # (width, block_size)
+        if attn_mask is not None:
+            full_mask[:T, :attn_mask.size(-1)] = attn_mask
+        logits, loss = self.graph(width)(idx, pos, full_mask, cache)
+        return logits[:, :T], loss
+
+    def graph(self, width):
+        """Dynamo keeps the graphs it compiled for one function together and checks them in turn
+        on every call; with a bench's models and widths, that check would cost more than a small
+        model's pass. A copy of the function per model and width keeps it to one graph and one check."""
+        if width not in self.graphs:
+            def forward(idx, pos, attn_mask, cache):
+                return self.model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
+            code = forward.__code__.replace(co_name=f"forward_width_{width}")
+            self.graphs[width] = torch.compile(types.FunctionType(code, forward.__globals__,
+                                                                  closure=forward.__closure__), dynamic=False)
+        return self.graphs[width]
+
+    def __getstate__(self):  # compiled graphs do not pickle: a bench worker compiles its own
+        return {**self.__dict__, "graphs": {}}
+
+
+COMPILED_WIDTHS = (1, 2, 4, 8, 16)  # the widest: a student's k_max of 8, its k-1 masks after up to k new tokens
 
 
 def accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, generator=None):
@@ -331,6 +346,11 @@ def check_prompt(prompt_ids, model):
                         f"{model.config.block_size}: shorten the prompt")
 
 
+def check_masks(mask_ids, k):
+    if len(mask_ids) < k - 1:
+        raise UserError(f"k={k} reads k-1 masks, but {len(mask_ids)} mask ids were given")
+
+
 def check_k(k, model, name="k"):
     if k < 1:
         raise UserError(f"{name} must be >= 1, got {k}")
@@ -379,7 +399,8 @@ def parse_args():
     p.add_argument("--self-speculative", action="store_true",
                    help="student: draft with the masks, verify the drafts on the next pass (lossless)")
     p.add_argument("--draft", default=None, help="teacher: speculative decoding with this draft checkpoint "
-                   "(a draft model; or a student, which drafts --k tokens in one pass)")
+                   "(a draft model; or a student, which drafts --k tokens in one pass; None: no draft, --ckpt "
+                   "decodes alone)")
     p.add_argument("--gamma", type=int, default=4, help="speculative: tokens the draft model proposes per step")
     p.add_argument("--show-chunks", action="store_true", help="mark the tokens of each step")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
@@ -388,6 +409,8 @@ def parse_args():
     p.add_argument("--seed", type=int, default=1337, help="seeds sampling (temperature > 0)")
     args = p.parse_args()
     check_flags(args, positive=("max_new_tokens",), non_negative=("temperature",))
+    if args.calibrated and args.gate == "run":
+        raise UserError("--calibrated and --gate run are two different gates: give one of them")
     if args.top_k is not None and args.top_k < 1:
         raise UserError(f"--top_k must be >= 1, got {args.top_k}")
     return args
@@ -396,6 +419,7 @@ def parse_args():
 def main(args):
     device = pick_device(args.device)
     model, enc, ckpt = load_for_decoding(args.ckpt, device)
+    compiled = CompiledDecoder if args.compile else (lambda m: m)
     if args.draft and ckpt["kind"] != "teacher":
         raise UserError(f"--draft needs a teacher as --ckpt, but {args.ckpt} is a {ckpt['kind']}")
     if args.self_speculative and ckpt["kind"] != "student":
@@ -407,8 +431,7 @@ def main(args):
     prompt_ids = enc.encode_ordinary(text) if args.prompt.strip() else []
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    shared = dict(prompt_ids=prompt_ids, max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab,
-                  compiled=args.compile)
+    shared = dict(prompt_ids=prompt_ids, max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab)
 
     t0 = time.time()
     if args.draft:
@@ -419,31 +442,32 @@ def main(args):
                 raise UserError(f"{args.draft} was distilled with --bidirectional blocks; MTP-drafted speculative "
                                 f"decoding drafts with causal ones: draft with a causal student")
             k = student_k(args.k, dckpt, args.draft)
-            out = generate_mtp_speculative(model, drafter, mask_id=dckpt["mask_id"], k=k,
-                                           mask_per_offset=dckpt["mask_per_offset"], **shared)
+            out = generate_mtp_speculative(compiled(model), compiled(drafter), mask_ids=student_mask_ids(dckpt), k=k,
+                                           **shared)
             how = f"MTP-drafted speculative, student drafts k={k} per pass"
         else:
-            out = generate_speculative(model, drafter, gamma=args.gamma, temperature=args.temperature,
+            out = generate_speculative(compiled(model), compiled(drafter), gamma=args.gamma, temperature=args.temperature,
                                        top_k=args.top_k, generator=generator, **shared)
             how = f"speculative, gamma={args.gamma}, " + ("greedy" if args.temperature == 0 else
                                                           f"temperature {args.temperature}")
     elif ckpt["kind"] == "student":
         k = student_k(args.k, ckpt, args.ckpt)
         if args.self_speculative:
-            out = generate_self_speculative(model, mask_id=ckpt["mask_id"], k=k,
-                                            mask_per_offset=ckpt["mask_per_offset"], **shared)
+            out = generate_self_speculative(compiled(model), mask_ids=student_mask_ids(ckpt), k=k, **shared)
             how = f"self-speculative, k={k}"
         else:
             if args.calibrated and ckpt["temperatures"] is None:
                 raise UserError(f"{args.ckpt} has no fitted temperatures (it was distilled before they were): "
                                 f"drop --calibrated, or distill it again")
-            out = generate_mtp(model, mask_id=ckpt["mask_id"], k=k, tau=None if args.static else args.tau,
-                               gate=args.gate, temperatures=ckpt["temperatures"] if args.calibrated else None,
-                               mask_per_offset=ckpt["mask_per_offset"], bidirectional=ckpt["bidirectional"], **shared)
+            confidence = (partial(calibrated_confidence, temperatures=ckpt["temperatures"]) if args.calibrated
+                          else run_confidence if args.gate == "run" else None)
+            out = generate_mtp(compiled(model), mask_ids=student_mask_ids(ckpt), k=k,
+                               tau=None if args.static else args.tau, bidirectional=ckpt["bidirectional"],
+                               confidence=confidence, **shared)
             how = (f"static k={k}" if args.static else f"ConfAdapt tau={args.tau} ({args.gate} gate"
                    + (", calibrated" if args.calibrated else "") + f"), k_max={k}")
     else:
-        out = generate_ntp(model, temperature=args.temperature, top_k=args.top_k, use_cache=not args.no_cache,
+        out = generate_ntp(compiled(model), temperature=args.temperature, top_k=args.top_k, use_cache=not args.no_cache,
                            generator=generator, **shared)
         how = "NTP " + ("greedy" if args.temperature == 0 else f"sampling at temperature {args.temperature}")
     elapsed = time.time() - t0

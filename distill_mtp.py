@@ -23,6 +23,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,8 @@ from tqdm import tqdm
 
 from common import HelpFormatter, UserError, check_flags, load_checkpoint, model_from_checkpoint, tokenizer_from_checkpoint
 from data.tokenizer import EOT
-from model import GPT, GPTConfig, add_mask_token, mask_tokens
+from experiments import train_only_the_adapter
+from model import add_mask_token, mask_tokens, mtp_layout
 from training import (add_training_flags, all_ranks_mean, any_process_stopped, autocast_context, finish, get_batch,
                       get_lr, load_tokens, open_run, parse_with_presets, resolve_bf16, restore_run, save_run,
                       settings_line, setup_processes, stop_on_signals, wrap_model)
@@ -90,9 +92,9 @@ def parse_args(argv=None):
 
 
 # --------------------------------------------------------------------------------------
-# The layout (paper Sec. 4.2-4.4, figures 2-4). The paper interleaves each mask block into the
-# sequence; we append the blocks after it with explicit position ids. The visibility rules
-# are the same, so the computation is the same, and one mask serves the whole batch.
+# The layout (paper Sec. 4.2-4.4, figures 2-4): where the blocks of masks stand and what they
+# see is model.mtp_layout (the bench reads a student through it too); here, which k and which
+# prediction points a step trains.
 
 def prediction_points(seq_len, k, n_points, offset):
     """M points i_m = offset + m * stride, each leaving room for k tokens after it (i_m + k < N+1)."""
@@ -107,34 +109,6 @@ def draw_block(k_min, k_max, seq_len, n_points, k_gen, offset_gen):
     k = int(torch.randint(k_min, k_max + 1, (1,), generator=k_gen))
     stride = max(1, seq_len // n_points)
     return k, prediction_points(seq_len, k, n_points, int(torch.randint(stride, (1,), generator=offset_gen)))
-
-
-def mtp_layout(seq_len, k, points, bidirectional=False):
-    """
-    seq_len: N ground-truth tokens; points: (M,) prediction points; k: tokens per block.
-    Returns
-      pos  (N + M(k-1),) position ids: 0..N-1, then i_m+1 .. i_m+k-1 for block m
-      mask (L, L) bool, True = may attend: the ground truth is plain causal and blind to every
-           mask; a mask of block m sees the ground truth up to i_m and its block's earlier masks
-      read (M, k) where in the layout the prediction of token j of block m is read: i_m for
-           token 1, the block's masks for tokens 2..k
-    """
-    N, M, b = seq_len, len(points), k - 1  # b masks per block
-    L = N + M * b
-    mask = torch.zeros(L, L, dtype=torch.bool)
-    mask[:N, :N] = torch.ones(N, N, dtype=torch.bool).tril()  # the ground truth: causal
-    pos = [torch.arange(N)]
-    read = torch.empty(M, k, dtype=torch.long)
-    within = torch.ones(b, b, dtype=torch.bool)
-    within = within if bidirectional else within.tril()
-    for m, i in enumerate(points.tolist()):
-        s = N + m * b  # block m's first slot in the layout
-        pos.append(torch.arange(i + 1, i + k))
-        mask[s:s + b, :i + 1] = True      # the true prefix x_0 .. x_i
-        mask[s:s + b, s:s + b] = within   # the block's own masks
-        read[m, 0] = i
-        read[m, 1:] = torch.arange(s, s + b)
-    return torch.cat(pos), mask, read
 
 
 def show_mask():
@@ -155,56 +129,93 @@ def show_mask():
 # --------------------------------------------------------------------------------------
 # The critic loss (paper Sec. 3.3, eq. 2-3): the teacher scores the student's own rollout.
 
-def distill_loss(student, teacher, x, y, k, points, mask_id, n_vocab, *, supervision="critic",
-                 teacher_readout="hard", prefix_loss=0.0, prefix_target="data", mask_per_offset=False,
-                 bidirectional=False):
-    """
-    x, y: (B, N) ground-truth inputs and next tokens; k: tokens per block; points: (M,) prediction
-    points. The keywords are distill_mtp.py's flags of the same names (the paper's ablations).
-    Returns (loss, stats) where stats holds the per-block-position agreement of the rollout with
-    the targets, (k,), and the student's mean entropy.
-    """
-    B, N = x.shape
-    device = x.device
-    pos, mask, read = (t.to(device) for t in mtp_layout(N, k, points, bidirectional))
-    M = len(points)
-    masks = torch.tensor(mask_tokens(mask_id, k - 1, mask_per_offset) * M, dtype=x.dtype, device=device)
+def distill_loss(student, teacher, x, y, k, points, mask_ids, n_vocab, prefix_loss=0.0):
+    """The paper's critic loss with a hard teacher, plus our prefix loss.
+    x, y: (B, N) ground-truth inputs and next tokens; k: tokens per block; points: (M,)
+    prediction points; mask_ids: the student's masks by block offset (k-1 of them are used);
+    prefix_loss: the weight of plain NTP on the ground truth (0: the paper).
+    Returns (loss, stats): the agreement of the rollout with the targets by block position,
+    (k,), the student's mean entropy, and its block logits and targets (for fit_temperatures)."""
+    N = x.size(1)
+    logits, s_logits, layout = student_blocks(student, x, k, points, mask_ids, n_vocab)  # (B, L, V), (B, M, k, V)
+    rollout = s_logits.argmax(-1)                                      # (B, M, k), no gradient through it
+    t_logits, _ = teacher_scores(teacher, x, rollout, layout, n_vocab)  # (B, M, k, V)
+    targets = t_logits.argmax(-1)  # the teacher's own next token after the true prefix + y'_1..y'_j
+    log_probs = F.log_softmax(s_logits.float(), dim=-1)                # (B, M, k, V)
+    loss = F.nll_loss(log_probs.view(-1, n_vocab), targets.reshape(-1))
+    if prefix_loss > 0:  # keep plain NTP on the ground truth (docs/notebook.md: the student forgets without it)
+        loss = loss + prefix_loss * F.cross_entropy(logits[:, :N].float().reshape(-1, logits.size(-1)),
+                                                    y.reshape(-1))
+    return loss, rollout_stats(rollout, targets, log_probs, s_logits)
+
+
+def student_blocks(student, x, k, points, mask_ids, n_vocab, bidirectional=False):
+    """The student's pass over the layout: x, then a block of k-1 masks per prediction point.
+    Returns its logits (B, L, V), its predictions for each block (B, M, k, n_vocab), read at i_m
+    and at the block's masks, and the layout (pos, mask, read) on x's device."""
+    B, device = x.size(0), x.device
+    pos, mask, read = (t.to(device) for t in mtp_layout(x.size(1), k, points, bidirectional))
+    masks = torch.tensor(list(mask_ids[:k - 1]) * len(points), dtype=x.dtype, device=device)
     masks = masks.expand(B, -1)  # (B, M (k-1)): block after block
     logits, _ = student(torch.cat([x, masks], dim=1), pos=pos, attn_mask=mask)  # (B, L, V)
-    s_logits = logits[:, read][..., :n_vocab]          # (B, M, k, V): the student's block predictions
-    rollout = s_logits.argmax(-1)                      # (B, M, k), no gradient through the argmax
+    return logits, logits[:, read][..., :n_vocab], (pos, mask, read)
 
+
+@torch.no_grad()
+def teacher_scores(teacher, x, rollout, layout, n_vocab):
+    """The critic: the frozen teacher reads the layout with each block's masks replaced by the
+    student's rollout y'_1 .. y'_{k-1}; its logits at i_m and at y'_j score token j+1.
+    Returns them, (B, M, k, n_vocab) in fp32, and its logits at every slot, (B, L, V)."""
+    pos, mask, read = layout
+    B, M, k = rollout.shape
+    proposed = rollout[:, :, :k - 1].reshape(B, M * (k - 1))  # y'_1 .. y'_{k-1} in the mask slots
+    t_all, _ = teacher(torch.cat([x, proposed], dim=1), pos=pos, attn_mask=mask)  # (B, L, V)
+    return t_all[:, read][..., :n_vocab].float(), t_all
+
+
+@torch.no_grad()
+def rollout_stats(rollout, targets, log_probs, s_logits):
+    return {"agreement": (rollout == targets).float().mean(dim=(0, 1)),  # (k,) per block position
+            "entropy": -(log_probs.exp() * log_probs).sum(-1).mean(),
+            "logits": s_logits.detach(), "targets": targets}  # (B, M, k, V), (B, M, k): for fit_temperatures
+
+
+ABLATION_DEFAULTS = dict(supervision="critic", teacher_readout="hard", prefix_target="data", bidirectional=False)
+
+
+def ablation_loss(student, teacher, x, y, k, points, mask_ids, n_vocab, prefix_loss=0.0, *, supervision="critic",
+                  teacher_readout="hard", prefix_target="data", bidirectional=False):
+    """distill_loss with the paper's ablations and ours switched (distill_mtp.py's flags of the
+    same names; make ablations): `supervision="ground_truth"` the data's tokens as targets (the
+    paper's offline MTP); `teacher_readout="soft"` KL to the teacher's distribution instead of
+    its argmax; `bidirectional` masks that see their whole block; `prefix_target="teacher"`
+    the prefix loss as KL to the teacher at the real tokens. With none switched it is distill_loss."""
+    N = x.size(1)
+    logits, s_logits, layout = student_blocks(student, x, k, points, mask_ids, n_vocab, bidirectional)
+    rollout = s_logits.argmax(-1)                                       # (B, M, k)
     if supervision == "critic":
-        with torch.no_grad():
-            proposed = rollout[:, :, :k - 1].reshape(B, M * (k - 1))  # y'_1 .. y'_{k-1} in the mask slots
-            # The teacher is an NTP model: it reads the rollout causally even when the student's masks
-            # see each other both ways (a bidirectional teacher would peek at the tokens it scores).
-            t_mask = mtp_layout(N, k, points)[1].to(device) if bidirectional else mask
-            t_all, _ = teacher(torch.cat([x, proposed], dim=1), pos=pos, attn_mask=t_mask)  # (B, L, V)
-            t_logits = t_all[:, read][..., :n_vocab].float()           # (B, M, k, V)
-        targets = t_logits.argmax(-1)                                  # (B, M, k)
+        # The teacher is an NTP model: it reads the rollout causally even when the student's masks
+        # see each other both ways (a bidirectional teacher would peek at the tokens it scores).
+        causal = (layout[0], mtp_layout(N, k, points)[1].to(x.device), layout[2]) if bidirectional else layout
+        t_logits, t_all = teacher_scores(teacher, x, rollout, causal, n_vocab)  # (B, M, k, V), (B, L, V)
+        targets = t_logits.argmax(-1)
     else:  # ground truth: token j of block m is x_{i_m + j} = y_{i_m + j - 1}
-        targets = y[:, points[:, None].to(device) + torch.arange(k, device=device)]  # (B, M, k)
-
+        targets = y[:, points[:, None].to(x.device) + torch.arange(k, device=x.device)]  # (B, M, k)
     log_probs = F.log_softmax(s_logits.float(), dim=-1)  # (B, M, k, V)
     if supervision == "critic" and teacher_readout == "soft":
         loss = F.kl_div(log_probs, F.log_softmax(t_logits, -1), log_target=True, reduction="none").sum(-1).mean()
     else:
         loss = F.nll_loss(log_probs.view(-1, n_vocab), targets.reshape(-1))
-    if prefix_loss > 0 and prefix_target == "data":  # keep plain NTP on the ground truth
+    if prefix_loss > 0 and prefix_target == "data":
         loss = loss + prefix_loss * F.cross_entropy(logits[:, :N].float().reshape(-1, logits.size(-1)),
                                                     y.reshape(-1))
-    elif prefix_loss > 0:  # ... or keep the teacher's own next-token distribution there
+    elif prefix_loss > 0:  # the teacher's own next-token distribution at the real tokens
         with torch.no_grad():  # the ground truth sees no mask, so the critic's pass already holds it
             t_real = t_all[:, :N] if supervision == "critic" else teacher(x)[0]  # (B, N, V)
             t_real = F.log_softmax(t_real[..., :n_vocab].float(), dim=-1)
         s_real = F.log_softmax(logits[:, :N, :n_vocab].float(), dim=-1)  # (B, N, n_vocab)
         loss = loss + prefix_loss * F.kl_div(s_real, t_real, log_target=True, reduction="none").sum(-1).mean()
-    with torch.no_grad():
-        stats = {"agreement": (rollout == targets).float().mean(dim=(0, 1)),  # (k,) per block position
-                 "entropy": -(log_probs.exp() * log_probs).sum(-1).mean(),
-                 "logits": s_logits.detach(), "targets": targets}  # (B, M, k, V), (B, M, k): for the gate's calibration
-    return loss, stats
+    return loss, rollout_stats(rollout, targets, log_probs, s_logits)
 
 
 # A confidence that means what tau says: one temperature per block position, fitted on the
@@ -217,7 +228,7 @@ def fit_temperatures(logits, targets, grid=TEMPERATURE_GRID):
     temperature per block position j: T_j minimises the cross-entropy of softmax(logits / T_j)
     against the critic's targets. A position whose confidence runs ahead of how often it is
     right gets T_j > 1, which lowers its confidence; dividing by T_j leaves every argmax as it is,
-    so only ConfAdapt's gate sees it (decode.generate_mtp(temperatures=...)).
+    so only ConfAdapt's gate sees it (experiments.calibrated_confidence).
     logits (n, k, V), targets (n, k). Returns k floats."""
     temperatures = []
     for j in range(logits.size(1)):
@@ -228,7 +239,7 @@ def fit_temperatures(logits, targets, grid=TEMPERATURE_GRID):
 
 
 @torch.no_grad()
-def validate(student, teacher, val_data, val_starts, n_points, mask_id, n_vocab, loss_settings, args, device, autocast):
+def validate(student, teacher, val_data, val_starts, n_points, mask_ids, n_vocab, loss_fn, args, device, autocast):
     """Loss, per-position agreement with the teacher, (k_max,), and the gate's temperatures
     (fit_temperatures), on fixed val batches at k = k_max. Agreement is scored against the
     teacher's argmax whatever the supervision, so the curves of every variant (ground-truth
@@ -242,10 +253,10 @@ def validate(student, teacher, val_data, val_starts, n_points, mask_id, n_vocab,
         x, y = x.to(device), y.to(device)
         points = prediction_points(block_size, args.k_max, n_points, 0)
         with autocast:
-            loss, stats = distill_loss(student, teacher, x, y, args.k_max, points, mask_id, n_vocab, **loss_settings)
+            loss, stats = loss_fn(student, teacher, x, y, args.k_max, points, mask_ids, n_vocab)
             if args.supervision != "critic":
-                _, stats = distill_loss(student, teacher, x, y, args.k_max, points, mask_id, n_vocab,
-                                        **{**loss_settings, "supervision": "critic", "teacher_readout": "hard"})
+                _, stats = ablation_loss(student, teacher, x, y, args.k_max, points, mask_ids, n_vocab,
+                                         bidirectional=args.bidirectional)
         losses.append(loss.item())
         agree += stats["agreement"].cpu() / args.eval_iters
         logits.append(stats["logits"].flatten(0, 1).cpu())  # (B M, k, V)
@@ -265,24 +276,14 @@ def load_teacher_and_student(path, device, seed, mask_per_offset=False, k_max=2,
         p.requires_grad_(False)
     enc = tokenizer_from_checkpoint(teacher_ckpt)
     mask_id = enc.n_vocab  # ids below are the tokenizer's own; the slots from here on are free
-    if adapter_rank:
-        student = GPT(GPTConfig(**{**teacher_ckpt["config"], "adapter_rank": adapter_rank, "first_mask_id": mask_id}))
-        missing = student.load_state_dict(teacher_ckpt["model"], strict=False).missing_keys
-        assert all("lora_" in name for name in missing), missing  # all but the adapter, which starts as no change
-        student.to(device)
-    else:
-        student = model_from_checkpoint(teacher_ckpt, device)
+    student = model_from_checkpoint(teacher_ckpt, device)
     n_masks = k_max - 1 if mask_per_offset else 1
     try:
         add_mask_token(student, mask_id, torch.Generator().manual_seed(seed), count=n_masks)
     except ValueError as e:
         raise UserError(f"{e}: train the teacher with the padded vocabulary data/prepare.py writes") from None
-    if adapter_rank:
-        for name, p in student.named_parameters():
-            p.requires_grad_("lora_" in name or name == "transformer.wte.weight")
-        # The embedding is tied to the output layer, so only its mask rows may learn.
-        frozen_rows = torch.arange(student.config.vocab_size, device=device) < mask_id  # (vocab_size,)
-        student.transformer.wte.weight.register_hook(lambda grad: grad.masked_fill(frozen_rows[:, None], 0.0))
+    if adapter_rank:  # an experiment (experiments.py)
+        train_only_the_adapter(student, adapter_rank, mask_id)
     return teacher, teacher_ckpt, enc, student, mask_id
 
 
@@ -302,9 +303,10 @@ def main(args):
     train_data, train_starts = load_tokens(data_dir, "train", eot_id, block_size)
     val_data, val_starts = load_tokens(data_dir, "val", eot_id, block_size)
     n_points = args.points or max(1, block_size // (2 * args.k_max))  # paper: M = N / (2 k_max)
-    loss_settings = dict(supervision=args.supervision, teacher_readout=args.teacher_readout,
-                         prefix_loss=args.prefix_loss, prefix_target=args.prefix_target,
-                         mask_per_offset=args.mask_per_offset, bidirectional=args.bidirectional)
+    mask_ids = mask_tokens(mask_id, args.k_max - 1, args.mask_per_offset)  # the masks of a block, by offset
+    ablations = {name: getattr(args, name) for name, default in ABLATION_DEFAULTS.items()
+                 if getattr(args, name) != default}  # the flags that switch away from distill_loss
+    loss_fn = partial(ablation_loss if ablations else distill_loss, prefix_loss=args.prefix_loss, **ablations)
 
     optimizer = student.configure_optimizers(args.weight_decay, args.lr, (0.9, 0.95), procs.device_type)
     # Three independent random streams: the data, k, and the points' offset. (Drawing k and the
@@ -322,8 +324,8 @@ def main(args):
     autocast = autocast_context(procs.device_type, args.bf16)
 
     def validate_and_log():  # the student's val loss and agreement now, kept in agreement_log
-        val_loss, agree, temperatures = validate(raw_student, teacher, val_data, val_starts, n_points, mask_id,
-                                                 enc.n_vocab, loss_settings, args, procs.device, autocast)
+        val_loss, agree, temperatures = validate(raw_student, teacher, val_data, val_starts, n_points, mask_ids,
+                                                 enc.n_vocab, loss_fn, args, procs.device, autocast)
         agreement_log.append({"step": step, "val_loss": val_loss, "agreement": [round(a, 4) for a in agree.tolist()],
                               "temperatures": temperatures})
         return val_loss, " ".join(f"{a:.2f}" for a in agree.tolist())
@@ -363,8 +365,8 @@ def main(args):
             if procs.ddp:  # all-reduce the gradients only once, after the last micro-batch
                 student.require_backward_grad_sync = i == len(mine) - 1
             with autocast:
-                loss, stats = distill_loss(student, teacher, x[rows].to(procs.device), y[rows].to(procs.device), k,
-                                           points, mask_id, enc.n_vocab, **loss_settings)
+                loss, stats = loss_fn(student, teacher, x[rows].to(procs.device), y[rows].to(procs.device), k,
+                                      points, mask_ids, enc.n_vocab)
             (loss / len(mine)).backward()
             loss_sum += loss.item() / len(mine)
             entropy += stats["entropy"].item() / len(mine)

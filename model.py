@@ -4,16 +4,13 @@ pre-LayerNorm blocks, GELU MLP, tied input/output embeddings), as in nanoGPT; ro
 embeddings as an option (`GPTConfig.rotary`), which our teacher presets use, as the paper's
 models do (train_ntp.py).
 
-Three additions, all for multi-token prediction:
+Two additions, both for multi-token prediction:
 - `forward` takes the position of every token and, optionally, a boolean attention mask: the
   MTP training layout appends blocks of <MTP> masks that stand at earlier positions and see
   only part of the sequence (distill_mtp.py builds it).
 - A preallocated KV cache, written at the positions given. Decoding with masks and
   speculative decoding compute keys for tokens they later throw away; rolling back costs
   nothing, because the next forward writes its tokens over the stale slots.
-- Optionally (a student distilled with --adapter_rank), a low-rank update to every linear
-  layer that applies only at the <MTP> masks (`Linear`): the real tokens then run through
-  the teacher's weights unchanged.
 """
 import math
 from dataclasses import dataclass
@@ -33,8 +30,6 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True       # biases in Linear and LayerNorm layers, as GPT-2
     rotary: bool = False    # rotary position embeddings (RoFormer) instead of GPT-2's learned ones
-    adapter_rank: int = 0   # a student's mask-only low-rank update (Linear); 0: none
-    first_mask_id: int = 0  # with an adapter: ids from here on are <MTP> masks, where it applies
 
 
 class KVCache:
@@ -55,26 +50,6 @@ class KVCache:
         self.length = length
 
 
-class Linear(nn.Linear):
-    """nn.Linear, plus an optional low-rank update B A x (rank r) that applies only where `gate`
-    is True: at the <MTP> masks. This is Samragh et al. 2025's answer to forgetting ("Your LLM
-    Knows the Future", arXiv 2507.11851, gated LoRA): the student learns its masks in A and B
-    alone, the real tokens see the teacher's frozen weights, so its k = 1 output *is* the teacher's."""
-
-    def __init__(self, n_in, n_out, bias, rank=0):
-        super().__init__(n_in, n_out, bias=bias)
-        self.rank = rank
-        if rank:
-            self.lora_a = nn.Parameter(torch.randn(rank, n_in) * 0.02)  # (r, n_in)
-            self.lora_b = nn.Parameter(torch.zeros(n_out, rank))        # (n_out, r): starts as no change
-
-    def forward(self, x, gate=None):
-        y = super().forward(x)
-        if self.rank:
-            y = y + (x @ self.lora_a.t().to(x.dtype) @ self.lora_b.t().to(x.dtype)) * gate  # gate: (B, T, 1) bool
-        return y
-
-
 def rotate(x, cos, sin):
     """Rotary position embedding (Su et al. 2021, RoFormer): turn each pair of channels of the
     queries or keys x (B, nh, T, hs) by an angle pos * frequency, whose cos and sin (T, hs/2)
@@ -91,14 +66,14 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0
-        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, config.bias, config.adapter_rank)  # q, k, v at once
-        self.c_proj = Linear(config.n_embd, config.n_embd, config.bias, config.adapter_rank)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
 
-    def forward(self, x, pos, rope, attn_mask, cache, layer, gate=None):
+    def forward(self, x, pos, rope, attn_mask, cache, layer):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x, gate).split(self.n_embd, dim=2)
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -115,20 +90,20 @@ class CausalSelfAttention(nn.Module):
                                            dropout_p=self.dropout if self.training else 0.0,
                                            is_causal=attn_mask is None)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble the heads side by side
-        return self.resid_dropout(self.c_proj(y, gate))
+        return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, config.bias, config.adapter_rank)
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.gelu = nn.GELU()
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd, config.bias, config.adapter_rank)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, gate=None):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x, gate)), gate))
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
 
 
 class Block(nn.Module):
@@ -140,9 +115,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, pos, rope, attn_mask, cache, layer, gate=None):
-        x = x + self.attn(self.ln_1(x), pos, rope, attn_mask, cache, layer, gate)
-        x = x + self.mlp(self.ln_2(x), gate)
+    def forward(self, x, pos, rope, attn_mask, cache, layer):
+        x = x + self.attn(self.ln_1(x), pos, rope, attn_mask, cache, layer)
+        x = x + self.mlp(self.ln_2(x))
         return x
 
 
@@ -172,7 +147,7 @@ class GPT(nn.Module):
                 torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module):
-        if isinstance(module, nn.Linear):  # (our Linear keeps its adapter's own init)
+        if isinstance(module, nn.Linear):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
@@ -203,21 +178,19 @@ class GPT(nn.Module):
                 raise ValueError(f"{T} tokens do not fit the model's context of {self.config.block_size} tokens")
             pos = torch.arange(T, device=idx.device)  # (T,)
         if cache is not None and attn_mask is None:
-            # The keys end at the last position fed: the slots after it hold nothing this pass
-            # may see. Compiled, they are the whole cache, because compiled shapes are fixed.
-            n_keys = self.config.block_size if torch.compiler.is_compiling() else int(pos.max()) + 1
+            # The keys end at the last position fed: the slots after it hold nothing this pass may see.
+            n_keys = int(pos.max()) + 1
             attn_mask = torch.arange(n_keys, device=idx.device) <= pos[:, None]  # (T, n_keys)
         if attn_mask is not None and attn_mask.dim() == 3:
             attn_mask = attn_mask[:, None]  # (B, 1, T, T_keys): the same mask for every head
 
-        gate = (idx >= self.config.first_mask_id)[..., None] if self.config.adapter_rank else None  # (B, T, 1)
         x = self.transformer.wte(idx)  # (B, T, C)
         if not self.config.rotary:  # else the positions enter in every attention score (rotate)
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
         rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.rotary else None  # (T, hs/2) each
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, pos, rope, attn_mask, cache, layer, gate)
+            x = block(x, pos, rope, attn_mask, cache, layer)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
 
         loss = None
@@ -256,3 +229,36 @@ def mask_tokens(mask_id, n, per_offset=False):
     """The ids of a block's n masks: the one <MTP> id n times, or (a student distilled with
     --mask_per_offset) mask_id + j - 1 for the mask j places after the last real token."""
     return [mask_id + j if per_offset else mask_id for j in range(n)]
+
+
+# The student's training layout (paper Sec. 4.2-4.4, figures 2-4). The paper interleaves each
+# block of masks into the sequence; we append the blocks after it with explicit position ids.
+# The visibility rules are the same, so the computation is the same, and one mask serves the
+# whole batch (distill_mtp.py trains on it; bench.py reads a student's confidences through it).
+
+def mtp_layout(seq_len, k, points, bidirectional=False):
+    """
+    seq_len: N ground-truth tokens; points: (M,) prediction points; k: tokens per block.
+    Returns
+      pos  (N + M(k-1),) position ids: 0..N-1, then i_m+1 .. i_m+k-1 for block m
+      mask (L, L) bool, True = may attend: the ground truth is plain causal and blind to every
+           mask; a mask of block m sees the ground truth up to i_m and its block's earlier masks
+      read (M, k) where in the layout the prediction of token j of block m is read: i_m for
+           token 1, the block's masks for tokens 2..k
+    """
+    N, M, b = seq_len, len(points), k - 1  # b masks per block
+    L = N + M * b
+    mask = torch.zeros(L, L, dtype=torch.bool)
+    mask[:N, :N] = torch.ones(N, N, dtype=torch.bool).tril()  # the ground truth: causal
+    pos = [torch.arange(N)]
+    read = torch.empty(M, k, dtype=torch.long)
+    within = torch.ones(b, b, dtype=torch.bool)
+    within = within if bidirectional else within.tril()
+    for m, i in enumerate(points.tolist()):
+        s = N + m * b  # block m's first slot in the layout
+        pos.append(torch.arange(i + 1, i + k))
+        mask[s:s + b, :i + 1] = True      # the true prefix x_0 .. x_i
+        mask[s:s + b, s:s + b] = within   # the block's own masks
+        read[m, 0] = i
+        read[m, 1:] = torch.arange(s, s + b)
+    return torch.cat(pos), mask, read

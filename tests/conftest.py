@@ -16,6 +16,7 @@ from model import GPTConfig  # noqa: E402 (needs ROOT on the path)
 # first free slot. SMALL is the draft beside a TINY target.
 N_VOCAB, VOCAB = 120, 128
 MASK = N_VOCAB
+MASKS = [MASK] * 8  # a one-<MTP> student's masks by block offset (decode.generate_mtp(mask_ids=...))
 TINY = GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=2, n_head=2, n_embd=32)
 SMALL = GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=1, n_head=1, n_embd=16)
 

@@ -63,12 +63,13 @@ def test_two_workers_count_what_one_counts(tiny_data):
     teacher, draft = GPT(config).eval(), GPT(config).eval()
     student = add_mask_token(GPT(config).eval(), enc.n_vocab, torch.Generator().manual_seed(0))
     shared = dict(max_new_tokens=12, eos_id=eos, n_vocab=enc.n_vocab)
-    strategies = [Strategy("teacher", "ntp greedy", "ntp", partial(generate_ntp, teacher, **shared), 7, (1, 0), (1, 0)),
-                  Strategy("student", "static k=3", "static k", partial(generate_mtp, student, mask_id=enc.n_vocab,
+    ntp = Strategy("teacher", "ntp greedy", "ntp", partial(generate_ntp, teacher, **shared), 7, (1, 0), (1, 0))
+    strategies = [ntp,
+                  Strategy("student", "static k=3", "static k", partial(generate_mtp, student, mask_ids=[enc.n_vocab] * 2,
                                                                           k=3, **shared), 2, (1, 0), (1, 0)),
                   Strategy("teacher + draft", "speculative gamma=3", "speculative",
                            partial(generate_speculative, teacher, draft, gamma=3, **shared), 7, (1, 1), (1, 1),
-                           reference="teacher/ntp greedy")]
+                           reference=ntp)]
     tests = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:7]
     one_rows, one = run_bench(strategies, tests, enc, workers=1)
     two_rows, two = run_bench(strategies, tests, enc, workers=2)
@@ -146,7 +147,7 @@ def test_calibration_counts_every_block_position_against_the_k1_answer(tiny_data
     add_mask_token(student, mask_id, torch.Generator().manual_seed(0))
     tests = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:3]
     k1 = [generate_mtp(student, enc.encode_ordinary(problems.format_prompt(t["question"])), 20, eos_id=-1,
-                       n_vocab=enc.n_vocab, mask_id=mask_id, k=1).tokens for t in tests]
+                       n_vocab=enc.n_vocab, mask_ids=[], k=1).tokens for t in tests]
     ckpt = {"k_max": 4, "mask_id": mask_id, "mask_per_offset": False, "bidirectional": False, "temperatures": None}
     gate = calibration(student, ckpt, teacher, tests, k1, enc)
     assert gate["calibrated"] is None
@@ -159,8 +160,10 @@ def test_calibration_counts_every_block_position_against_the_k1_answer(tiny_data
 
 
 def test_the_calibrated_view_rebins_the_same_tokens_at_the_fitted_temperatures(tiny_data):
-    """With temperatures of 1 the calibrated view is the plain one; with others every token is
-    still counted once and agrees as often, only its confidence, so its bin, moves."""
+    """The calibrated view reads each block position at its own temperature: a position at 1 is
+    the plain view, a colder one is the plain view of a student whose logits are divided by that
+    temperature. Every token is still counted once and agrees as often; only its confidence,
+    so its bin, moves."""
     enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
     config = GPTConfig(**{**TINY.__dict__, "vocab_size": padded_vocab_size(enc)})
     torch.manual_seed(0)
@@ -168,11 +171,15 @@ def test_the_calibrated_view_rebins_the_same_tokens_at_the_fitted_temperatures(t
     teacher = GPT(config).eval()
     tests = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:3]
     k1 = [generate_mtp(student, enc.encode_ordinary(problems.format_prompt(t["question"])), 20, eos_id=-1,
-                       n_vocab=enc.n_vocab, mask_id=enc.n_vocab, k=1).tokens for t in tests]
+                       n_vocab=enc.n_vocab, mask_ids=[], k=1).tokens for t in tests]
     ckpt = {"k_max": 4, "mask_id": enc.n_vocab, "mask_per_offset": False, "bidirectional": False}
-    ones = calibration(student, {**ckpt, "temperatures": [1.0] * 4}, teacher, tests, k1, enc)
-    assert torch.equal(ones["calibrated"], ones["sums"])
-    cold = calibration(student, {**ckpt, "temperatures": [0.05] * 4}, teacher, tests, k1, enc)
-    plain, sharp = cold["sums"], cold["calibrated"]
+    last_cold = calibration(student, {**ckpt, "temperatures": [1.0, 1.0, 1.0, 0.05]}, teacher, tests, k1, enc)
+    plain, sharp = last_cold["sums"], last_cold["calibrated"]
+    assert torch.equal(sharp[:3], plain[:3])  # positions at temperature 1: the plain view
+    assert not torch.equal(sharp[3], plain[3])
     assert torch.equal(plain.sum(1)[:, [0, 2, 3]], sharp.sum(1)[:, [0, 2, 3]])  # the same tokens, as often right
-    assert (sharp[:, :, 1].sum(1) > plain[:, :, 1].sum(1)).all()  # a cold temperature raises every confidence
+    assert sharp[3, :, 1].sum() > plain[3, :, 1].sum()  # a cold temperature raises the confidences
+    handle = student.lm_head.register_forward_hook(lambda module, inputs, logits: logits / 0.05)
+    cooled = calibration(student, {**ckpt, "temperatures": None}, teacher, tests, k1, enc)["sums"]
+    handle.remove()
+    torch.testing.assert_close(sharp[3], cooled[3])

@@ -1,10 +1,13 @@
 """Speculative, self-speculative and MTP-drafted decoding: lossless where they promise to be."""
+from functools import partial
+
 import pytest
 import torch
 
-from decode import (accept_drafts, generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative,
-                    generate_speculative, token_probs)
-from conftest import MASK, N_VOCAB, SMALL, TINY
+from decode import (CompiledDecoder, accept_drafts, generate_mtp, generate_mtp_speculative, generate_ntp,
+                    generate_self_speculative, generate_speculative, token_probs)
+from conftest import MASK, MASKS, N_VOCAB, SMALL, TINY
+from experiments import calibrated_confidence, run_confidence
 from common import UserError
 from model import GPT, GPTConfig, add_mask_token
 
@@ -72,20 +75,36 @@ def test_speculative_stops_at_eos_like_the_target(target):
 @pytest.mark.parametrize("prompt_len, max_new", [(5, 40), (50, 40)])
 def test_self_speculative_equals_the_students_k1_greedy(student, k, prompt_len, max_new):
     prompt = torch.randint(0, N_VOCAB, (prompt_len,), generator=torch.Generator().manual_seed(1)).tolist()
-    reference = generate_mtp(student, prompt, max_new, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=1)
-    out = generate_self_speculative(student, prompt, max_new, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k)
+    reference = generate_mtp(student, prompt, max_new, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=1)
+    out = generate_self_speculative(student, prompt, max_new, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=k)
     assert out.tokens == reference.tokens
     assert out.n_forward <= reference.n_forward and MASK not in out.tokens
 
 
+def mtp_drafters(target, student):
+    """Students of every kind of quality: a noisy copy of the target, one whose masks are
+    <MTP> ids per offset, and an unrelated model (a stranger, its drafts mostly wrong)."""
+    per_offset = perturbed_copy(target, 2, 0.01)
+    add_mask_token(per_offset, MASK, torch.Generator().manual_seed(0), count=7)
+    stranger = add_mask_token(random_model(SMALL, 5), MASK, torch.Generator().manual_seed(0))
+    return {"a noisy copy": (student, MASKS), "masks per offset": (per_offset, list(range(MASK, MASK + 7))),
+            "a stranger": (stranger, MASKS)}
+
+
 @pytest.mark.parametrize("k", [1, 3, 8])
 @pytest.mark.parametrize("prompt_len, max_new", [(5, 40), (50, 40)])
-def test_mtp_drafted_speculative_equals_teacher_greedy(target, student, k, prompt_len, max_new):
+def test_mtp_drafted_speculative_equals_teacher_greedy_whatever_the_drafter(target, student, k, prompt_len, max_new):
     prompt = torch.randint(0, N_VOCAB, (prompt_len,), generator=torch.Generator().manual_seed(2)).tolist()
     reference = generate_ntp(target, prompt, max_new, eos_id=-1, n_vocab=N_VOCAB)
-    out = generate_mtp_speculative(target, student, prompt, max_new, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k)
-    assert out.tokens == reference.tokens
-    assert out.n_draft_forward <= out.n_forward  # one student pass per teacher pass (none on the last step)
+    rates = {}
+    for name, (drafter, mask_ids) in mtp_drafters(target, student).items():
+        out = generate_mtp_speculative(target, drafter, prompt, max_new, eos_id=-1, n_vocab=N_VOCAB,
+                                       mask_ids=mask_ids, k=k)
+        assert out.tokens == reference.tokens, name
+        assert out.n_draft_forward <= out.n_forward  # one student pass per teacher pass (none on the last step)
+        rates[name] = acceptance_rate(out)
+    if k > 1 and prompt_len == 5:
+        assert rates["a stranger"] < rates["a noisy copy"]  # the drafters differ; the output does not
 
 
 def total_variation(p, q):
@@ -128,9 +147,10 @@ def test_speculative_sampling_follows_the_target_end_to_end(target):
     (lambda t, s: generate_speculative(t, t, [1, 2], 5, -1, N_VOCAB, gamma=0), "gamma must be >= 1"),
     (lambda t, s: generate_speculative(t, GPT(GPTConfig(**{**TINY.__dict__, "block_size": 16})), [1, 2], 5, -1,
                                        N_VOCAB, gamma=2), "context is shorter"),
-    (lambda t, s: generate_self_speculative(s, [1, 2], 5, -1, N_VOCAB, MASK, k=0), "k must be >= 1"),
-    (lambda t, s: generate_mtp_speculative(t, s, [1, 2], 5, -1, N_VOCAB, MASK, k=64), "does not fit"),
-    (lambda t, s: generate_mtp_speculative(t, s, [], 5, -1, N_VOCAB, MASK, k=2), "prompt is empty"),
+    (lambda t, s: generate_self_speculative(s, [1, 2], 5, -1, N_VOCAB, MASKS, k=0), "k must be >= 1"),
+    (lambda t, s: generate_mtp_speculative(t, s, [1, 2], 5, -1, N_VOCAB, MASKS, k=64), "does not fit"),
+    (lambda t, s: generate_mtp_speculative(t, s, [], 5, -1, N_VOCAB, MASKS, k=2), "prompt is empty"),
+    (lambda t, s: generate_mtp(s, [1, 2], 5, -1, N_VOCAB, [MASK], k=3), "k=3 reads k-1 masks"),
 ])
 def test_bad_speculative_settings_are_refused(target, student, call, message):
     with pytest.raises(UserError, match=message):
@@ -138,37 +158,49 @@ def test_bad_speculative_settings_are_refused(target, student, call, message):
 
 
 def every_strategy(target, student, draft):
-    """Each decoding strategy as (prompt, compiled) -> Generation, greedy, as bench.py runs them.
-    Every k is 3 (gamma too), so the strategies of a model share their compiled widths."""
+    """Each decoding strategy as prompt -> Generation, as bench.py and decode.py run them."""
     common = dict(max_new_tokens=40, eos_id=-1, n_vocab=N_VOCAB)
-    mtp = dict(mask_id=MASK, **common)
+    mtp = dict(mask_ids=MASKS, **common)
+    sample = dict(temperature=0.8, top_k=20)
     return {
-        "ntp": lambda p, c: generate_ntp(target, p, compiled=c, **common),
-        "static k=3": lambda p, c: generate_mtp(student, p, k=3, compiled=c, **mtp),
-        "ConfAdapt": lambda p, c: generate_mtp(student, p, k=3, tau=0.03, compiled=c, **mtp),
-        "ConfAdapt, bidirectional": lambda p, c: generate_mtp(student, p, k=3, tau=0.03, bidirectional=True,
-                                                              compiled=c, **mtp),
-        "speculative": lambda p, c: generate_speculative(target, draft, p, gamma=3, compiled=c, **common),
-        "self-speculative": lambda p, c: generate_self_speculative(student, p, k=3, compiled=c, **mtp),
-        "MTP-drafted speculative": lambda p, c: generate_mtp_speculative(target, student, p, k=3, compiled=c, **mtp),
+        "ntp": lambda p: generate_ntp(target, p, **common),
+        "ntp sampling": lambda p: generate_ntp(target, p, generator=torch.Generator().manual_seed(0), **sample,
+                                               **common),
+        "static k=3": lambda p: generate_mtp(student, p, k=3, **mtp),
+        "static k=8": lambda p: generate_mtp(student, p, k=8, **mtp),
+        "ConfAdapt": lambda p: generate_mtp(student, p, k=3, tau=0.03, **mtp),
+        "ConfAdapt, run gate": lambda p: generate_mtp(student, p, k=3, tau=0.001, confidence=run_confidence, **mtp),
+        "ConfAdapt, calibrated": lambda p: generate_mtp(student, p, k=3, tau=0.03,
+                                                        confidence=partial(calibrated_confidence,
+                                                                           temperatures=[1.0, 0.7, 1.3]), **mtp),
+        "ConfAdapt, bidirectional": lambda p: generate_mtp(student, p, k=3, tau=0.03, bidirectional=True, **mtp),
+        "speculative": lambda p: generate_speculative(target, draft, p, gamma=3, **common),
+        "speculative sampling": lambda p: generate_speculative(target, draft, p, gamma=3, **sample, **common,
+                                                               generator=torch.Generator().manual_seed(0)),
+        "self-speculative": lambda p: generate_self_speculative(student, p, k=3, **mtp),
+        "MTP-drafted speculative": lambda p: generate_mtp_speculative(target, student, p, k=3, **mtp),
     }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("prompt_len", [5, 50])  # 50: runs into the context end, where passes stop padding
 def test_compiled_decoding_emits_the_plain_tokens(prompt_len):
-    """decode.py --compile: fixed-shape passes through torch.compile (inductor's CPU code here)
-    give every strategy the same tokens, in the same steps, as the plain path. One-layer
-    models: compiling takes time in proportion to the layers."""
+    """decode.py --compile: every strategy run on CompiledDecoder models (fixed-width passes
+    through torch.compile, inductor's CPU code here) gives the same tokens, in the same steps,
+    as on the plain models. One-layer models: compiling takes time in proportion to the layers."""
     target = random_model(SMALL, 0)
     student = perturbed_copy(target, 1, 0.01)
     add_mask_token(student, MASK, torch.Generator().manual_seed(0))
+    draft = perturbed_copy(target, 1, 0.02)
     prompt = torch.randint(0, N_VOCAB, (prompt_len,), generator=torch.Generator().manual_seed(3)).tolist()
+    plain = every_strategy(target, student, draft)
+    decoders = [CompiledDecoder(model) for model in (target, student, draft)]
+    compiled = every_strategy(*decoders)
     chunk_sizes = set()
-    for name, decode in every_strategy(target, student, perturbed_copy(target, 1, 0.02)).items():
-        plain, compiled = decode(prompt, False), decode(prompt, True)
-        assert compiled.tokens == plain.tokens, name
-        assert (compiled.chunks, compiled.n_forward, compiled.n_draft_forward) == \
-            (plain.chunks, plain.n_forward, plain.n_draft_forward), name
-        chunk_sizes |= set(plain.chunks[:-1])
+    for name in plain:
+        a, b = plain[name](prompt), compiled[name](prompt)
+        assert b.tokens == a.tokens, name
+        assert (b.chunks, b.n_forward, b.n_draft_forward) == (a.chunks, a.n_forward, a.n_draft_forward), name
+        chunk_sizes |= set(a.chunks[:-1])
     assert len(chunk_sizes) >= 3  # passes fed varying numbers of real tokens, so the padding varied
+    assert all(decoder.graphs for decoder in decoders)  # the passes did run compiled, not plainly

@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import MASK, N_VOCAB, TINY, TINY_RUN, TORCHRUN_2, run_script, untrained_teacher
+from conftest import MASK, MASKS, N_VOCAB, TINY, TINY_RUN, TORCHRUN_2, run_script, untrained_teacher
 from data.tokenizer import load_tokenizer
 from decode import generate_mtp, generate_ntp
-from distill_mtp import distill_loss, mtp_layout, prediction_points
+from distill_mtp import ablation_loss, distill_loss, prediction_points
 from common import UserError, load_checkpoint
-from model import GPT, add_mask_token
+from model import GPT, add_mask_token, mtp_layout
 
 
 @pytest.fixture
@@ -61,18 +61,15 @@ def test_prediction_points_leave_room_for_the_block():
 
 
 def test_teacher_targets_are_its_greedy_continuation_of_prefix_plus_rollout(pair):
+    """The targets distill_loss trains on: token j+1 of block m is the teacher's argmax after the
+    true prefix and the student's own first j tokens, each run on its own."""
     teacher, student = pair
     N, k = 32, 4
     x = torch.randint(0, N_VOCAB, (1, N))
     points = prediction_points(N, k, n_points=3, offset=2)
-    pos, mask, read = mtp_layout(N, k, points)
-    M = len(points)
-    s_logits, _ = student(torch.cat([x, torch.full((1, M * (k - 1)), MASK)], 1), pos=pos, attn_mask=mask)
-    rollout = s_logits[:, read][..., :N_VOCAB].argmax(-1)  # (1, M, k)
-    # what distill_loss uses as targets, recomputed here by reading its teacher pass
-    proposed = rollout[:, :, :k - 1].reshape(1, -1)
-    t_logits, _ = teacher(torch.cat([x, proposed], 1), pos=pos, attn_mask=mask)
-    targets = t_logits[:, read][..., :N_VOCAB].argmax(-1)
+    _, stats = distill_loss(student, teacher, x, x, k, points, MASKS, N_VOCAB)
+    targets = stats["targets"]                             # (1, M, k)
+    rollout = stats["logits"].argmax(-1)                   # (1, M, k): the student's own tokens
     for m, i in enumerate(points.tolist()):
         for j in range(k):  # token j+1 of block m: the teacher after x_0..x_i, y'_1..y'_j
             context = torch.cat([x[0, :i + 1], rollout[0, m, :j]])[None]
@@ -88,8 +85,10 @@ def test_the_critic_loss_scores_the_rollout_by_the_teachers_one_at_a_time_contin
     N, k = 32, 4
     x, y = torch.randint(0, N_VOCAB, (1, N)), torch.randint(0, N_VOCAB, (1, N))
     points = prediction_points(N, k, n_points=3, offset=2)
-    loss, _ = distill_loss(student, teacher, x, y, k, points, MASK, N_VOCAB, bidirectional=bidirectional,
-                           teacher_readout=readout)
+    loss, _ = ablation_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB, bidirectional=bidirectional,
+                            teacher_readout=readout)
+    if (readout, bidirectional) == ("hard", False):  # the paper's setting: distill_loss itself
+        assert distill_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB)[0].item() == loss.item()
     pos, mask, read = mtp_layout(N, k, points, bidirectional)
     s_logits = student(torch.cat([x, torch.full((1, len(points) * (k - 1)), MASK)], 1), pos=pos,
                        attn_mask=mask)[0][0, read][..., :N_VOCAB]  # (M, k, V)
@@ -109,7 +108,7 @@ def test_a_bidirectional_student_decodes_with_the_block_it_was_trained_on(pair):
     whole sequence plus k-1 masks that see each other both ways (the training layout)."""
     _, student = pair
     prompt, k = [5, 6, 7, 8, 9], 4
-    out = generate_mtp(student, prompt, 3 * k, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k, bidirectional=True)
+    out = generate_mtp(student, prompt, 3 * k, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=k, bidirectional=True)
     seq = list(prompt)
     for _ in range(3):  # three passes: the later ones run on a filled, truncated cache
         n = len(seq)
@@ -124,9 +123,9 @@ def test_k1_at_step_0_the_student_agrees_with_the_teacher_exactly(pair):
     x = torch.randint(0, N_VOCAB, (2, 32))
     y = torch.randint(0, N_VOCAB, (2, 32))
     points = prediction_points(32, 1, n_points=8, offset=0)
-    soft, _ = distill_loss(student, teacher, x, y, 1, points, MASK, N_VOCAB, teacher_readout="soft")
+    soft, _ = ablation_loss(student, teacher, x, y, 1, points, MASKS, N_VOCAB, teacher_readout="soft")
     assert soft.item() == pytest.approx(0.0, abs=1e-6)  # KL(teacher || itself)
-    hard, stats = distill_loss(student, teacher, x, y, 1, points, MASK, N_VOCAB)
+    hard, stats = distill_loss(student, teacher, x, y, 1, points, MASKS, N_VOCAB)
     assert stats["agreement"].tolist() == [1.0]          # every rollout token is the teacher's
     # the hard loss is then the teacher's own -log p(argmax): the floor of cross-entropy to it
     probs = torch.softmax(teacher(x)[0][:, points, :N_VOCAB], -1)
@@ -142,7 +141,7 @@ def test_the_teacher_never_changes_and_gets_no_gradient(pair):
     opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
     for step in range(3):
         x = torch.randint(0, N_VOCAB, (2, 32))
-        loss, _ = distill_loss(student, teacher, x, x, 3, prediction_points(32, 3, 4, step), MASK, N_VOCAB)
+        loss, _ = distill_loss(student, teacher, x, x, 3, prediction_points(32, 3, 4, step), MASKS, N_VOCAB)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -152,50 +151,75 @@ def test_the_teacher_never_changes_and_gets_no_gradient(pair):
 
 
 def test_ground_truth_supervision_targets_the_data(pair):
+    """--supervision ground_truth: token j of block m is the data's x_{i_m + j}, and the loss is
+    the student's cross-entropy against it; the teacher plays no part."""
     teacher, student = pair
-    x = torch.randint(0, N_VOCAB, (1, 32))
+    N, k = 32, 3
+    x = torch.randint(0, N_VOCAB, (1, N))
     y = torch.roll(x, -1, dims=1)
-    points = prediction_points(32, 3, n_points=4, offset=1)
-    loss, stats = distill_loss(student, teacher, x, y, 3, points, MASK, N_VOCAB, supervision="ground_truth")
-    assert torch.isfinite(loss) and stats["agreement"].shape == (3,)
+    points = prediction_points(N, k, n_points=4, offset=1)
+    loss, stats = ablation_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB, supervision="ground_truth")
+    expected = torch.stack([x[0, i + 1:i + 1 + k] for i in points.tolist()])  # (M, k) the tokens after each point
+    assert torch.equal(stats["targets"][0], expected)
+    s_logp = F.log_softmax(stats["logits"][0].float(), -1)  # (M, k, V)
+    assert loss.item() == pytest.approx(F.nll_loss(s_logp.reshape(-1, N_VOCAB), expected.reshape(-1)).item(), rel=1e-5)
+    for p in teacher.parameters():  # a teacher of NaNs changes nothing
+        p.data.fill_(float("nan"))
+    assert ablation_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB, supervision="ground_truth")[0] == loss
 
 
 def test_static_k1_equals_ntp_greedy(pair):
     _, student = pair
     prompt = torch.randint(0, N_VOCAB, (10,)).tolist()
     ntp = generate_ntp(student, prompt, 40, eos_id=-1, n_vocab=N_VOCAB)
-    mtp = generate_mtp(student, prompt, 40, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=1)
+    mtp = generate_mtp(student, prompt, 40, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=1)
     assert mtp.tokens == ntp.tokens and mtp.n_forward == ntp.n_forward
 
 
 @pytest.mark.parametrize("k", [2, 4])
 def test_static_k_emits_k_tokens_per_pass_and_never_the_mask(pair, k):
     _, student = pair
-    out = generate_mtp(student, [1, 2, 3], 20, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k)
+    out = generate_mtp(student, [1, 2, 3], 20, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=k)
     assert len(out.tokens) == 20 and out.chunks[:-1] == [k] * (len(out.chunks) - 1)
     assert MASK not in out.tokens and max(out.tokens) < N_VOCAB
 
 
 def test_tau_1_emits_one_token_per_pass(pair):
     _, student = pair
-    out = generate_mtp(student, [1, 2, 3], 15, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=4, tau=1.0)
+    out = generate_mtp(student, [1, 2, 3], 15, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=4, tau=1.0)
     assert out.chunks == [1] * 15 and out.n_forward == 15
 
 
-def test_confadapt_emits_between_1_and_k_and_matches_a_low_threshold_static_run(pair):
+def test_confadapt_matches_a_low_threshold_static_run(pair):
     _, student = pair
-    low = generate_mtp(student, [5, 6], 12, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=3, tau=1e-9)
-    static = generate_mtp(student, [5, 6], 12, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=3)
+    low = generate_mtp(student, [5, 6], 12, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=3, tau=1e-9)
+    static = generate_mtp(student, [5, 6], 12, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=3)
     assert low.tokens == static.tokens  # every confidence is above a tiny tau: all k emitted
-    mid = generate_mtp(student, [5, 6], 12, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=3, tau=0.05)
-    assert all(1 <= c <= 3 for c in mid.chunks)
+
+
+def test_confadapt_emits_the_leading_run_of_tokens_whose_confidence_reaches_tau(pair):
+    """Each pass of ConfAdapt, replayed without a cache: it emits the tokens up to the first
+    whose largest probability is below tau, and always the first (paper Sec. 4.6)."""
+    _, student = pair
+    k, tau, seq = 4, 0.0108, [5, 6]
+    out = generate_mtp(student, seq, 40, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=k, tau=tau)
+    for chunk in out.chunks[:-1]:  # the last pass may be cut at max_new_tokens
+        n = len(seq)
+        pos, mask, _ = mtp_layout(n, k, torch.tensor([n - 1]))
+        logits = student(torch.tensor([seq + [MASK] * (k - 1)]), pos=pos, attn_mask=mask)[0][0, n - 1:, :N_VOCAB]
+        confidence, tokens = torch.softmax(logits.float(), -1).max(-1)  # (k,)
+        expected = max(1, int((confidence >= tau).long().cumprod(0).sum()))
+        assert chunk == expected
+        seq += tokens[:chunk].tolist()
+    assert seq[2:] == out.tokens[:len(seq) - 2]
+    assert len(set(out.chunks[:-1])) > 1  # tau stopped some passes and not others
 
 
 def test_eos_inside_a_chunk_ends_the_generation_at_the_eos(pair):
     _, student = pair
-    free = generate_mtp(student, [1, 2, 3], 30, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=4)
+    free = generate_mtp(student, [1, 2, 3], 30, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=4)
     eos = free.tokens[5]  # the 6th token: inside the second chunk of 4
-    stopped = generate_mtp(student, [1, 2, 3], 30, eos_id=eos, n_vocab=N_VOCAB, mask_id=MASK, k=4)
+    stopped = generate_mtp(student, [1, 2, 3], 30, eos_id=eos, n_vocab=N_VOCAB, mask_ids=MASKS, k=4)
     assert stopped.tokens == free.tokens[:free.tokens.index(eos) + 1]
 
 
@@ -204,7 +228,7 @@ def test_eos_inside_a_chunk_ends_the_generation_at_the_eos(pair):
 def test_bad_decoding_settings_are_refused(pair, kwargs, message):
     _, student = pair
     with pytest.raises(UserError, match=message):
-        generate_mtp(student, [1, 2], 5, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, **kwargs)
+        generate_mtp(student, [1, 2], 5, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, **kwargs)
 
 
 def test_show_mask_prints_the_layout():
@@ -265,7 +289,7 @@ def test_the_bench_measures_the_student_and_its_lossless_strategies(distilled):
     d, _, _ = distilled
     r = run_script("bench.py", "--teacher", str(d / "teacher.pt"), "--student", str(d / "student.pt"),
                    "--draft", str(d / "none.pt"), "--n", "3", "--max_new_tokens", "20", "--device", "cpu",
-                   "--taus", "0.9", "--static_k", "1,2", "--out_dir", str(d / "out"),
+                   "--taus", "0.9", "--static_k", "1,2", "--self_k", "4", "--out_dir", str(d / "out"),
                    "--strategies", "ntp,static,confadapt,calibrated,self_speculative,mtp_speculative")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {(row["model"], row["strategy"]): row for row in json.load(open(d / "out" / "bench.json"))}

@@ -1,14 +1,17 @@
 """The student's switches beyond the paper's main setting: one mask token per offset, the
-teacher as the prefix loss's target, the mask-gated adapter, and ConfAdapt's run gate and
-fitted temperatures."""
+teacher as the prefix loss's target, and the experiments beside the method (experiments.py):
+the mask-gated adapter, and ConfAdapt's run gate and fitted temperatures."""
+from functools import partial
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import MASK, N_VOCAB, TINY
+from conftest import MASK, MASKS, N_VOCAB, TINY
 from decode import generate_mtp, generate_ntp, generate_self_speculative
-from distill_mtp import distill_loss, fit_temperatures, mtp_layout, prediction_points
-from model import GPT, GPTConfig, add_mask_token, mask_tokens
+from distill_mtp import ablation_loss, distill_loss, fit_temperatures, prediction_points
+from experiments import add_mask_adapter, calibrated_confidence, run_confidence
+from model import GPT, GPTConfig, add_mask_token, mask_tokens, mtp_layout
 
 
 @pytest.fixture
@@ -18,11 +21,12 @@ def teacher():
 
 
 def copy_of(teacher, n_masks=1, adapter_rank=0):
-    """A student as distill_mtp builds one: the teacher's weights plus n_masks mask tokens."""
-    config = GPTConfig(**{**TINY.__dict__, "adapter_rank": adapter_rank, "first_mask_id": MASK})
-    student = GPT(config).eval()
-    student.load_state_dict(teacher.state_dict(), strict=False)
-    return add_mask_token(student, MASK, torch.Generator().manual_seed(0), count=n_masks)
+    """A student as distill_mtp builds one: the teacher's weights plus n_masks mask tokens (and
+    with adapter_rank, the mask-gated adapter)."""
+    student = GPT(TINY).eval()
+    student.load_state_dict(teacher.state_dict())
+    add_mask_token(student, MASK, torch.Generator().manual_seed(0), count=n_masks)
+    return add_mask_adapter(student, adapter_rank, MASK) if adapter_rank else student
 
 
 def test_per_offset_masks_take_consecutive_free_slots():
@@ -48,7 +52,7 @@ def test_the_critic_loss_feeds_mask_j_its_own_id(teacher):
     N, k = 32, 4
     x, y = torch.randint(0, N_VOCAB, (2, N)), torch.randint(0, N_VOCAB, (2, N))
     points = prediction_points(N, k, n_points=3, offset=2)
-    loss, _ = distill_loss(student, teacher, x, y, k, points, MASK, N_VOCAB, mask_per_offset=True)
+    loss, _ = distill_loss(student, teacher, x, y, k, points, mask_tokens(MASK, k - 1, per_offset=True), N_VOCAB)
     pos, mask, read = mtp_layout(N, k, points)
     masks = torch.tensor([MASK, MASK + 1, MASK + 2] * len(points)).expand(2, -1)
     s_logits = student(torch.cat([x, masks], 1), pos=pos, attn_mask=mask)[0][:, read][..., :N_VOCAB]  # (2, M, k, V)
@@ -56,7 +60,7 @@ def test_the_critic_loss_feeds_mask_j_its_own_id(teacher):
     targets = teacher(torch.cat([x, proposed], 1), pos=pos, attn_mask=mask)[0][:, read][..., :N_VOCAB].argmax(-1)
     expected = F.cross_entropy(s_logits.reshape(-1, N_VOCAB), targets.reshape(-1))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    one_id, _ = distill_loss(student, teacher, x, y, k, points, MASK, N_VOCAB)
+    one_id, _ = distill_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB)
     assert one_id.item() != pytest.approx(loss.item(), rel=1e-5)  # the ids do reach the student
 
 
@@ -70,9 +74,9 @@ def test_the_teacher_prefix_loss_is_the_kl_to_the_teachers_next_token_distributi
     x, y = torch.randint(0, N_VOCAB, (2, N)), torch.randint(0, N_VOCAB, (2, N))
     points = prediction_points(N, k, n_points=4, offset=1)
     common = dict(supervision=supervision)
-    base, _ = distill_loss(student, teacher, x, y, k, points, MASK, N_VOCAB, **common)
-    with_kl, _ = distill_loss(student, teacher, x, y, k, points, MASK, N_VOCAB, prefix_loss=weight,
-                              prefix_target="teacher", **common)
+    base, _ = ablation_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB, **common)
+    with_kl, _ = ablation_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB, prefix_loss=weight,
+                               prefix_target="teacher", **common)
     t_logp = F.log_softmax(teacher(x)[0][..., :N_VOCAB], -1)  # (2, N, V): plain NTP on the ground truth
     s_logp = F.log_softmax(student(x)[0][..., :N_VOCAB], -1)
     kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()
@@ -106,8 +110,8 @@ def test_an_adapter_students_k1_and_self_speculative_output_is_the_teachers(teac
                 p.copy_(0.1 * torch.randn_like(p))
     prompt = torch.randint(0, N_VOCAB, (6,)).tolist()
     reference = generate_ntp(teacher, prompt, 30, eos_id=-1, n_vocab=N_VOCAB).tokens
-    assert generate_mtp(student, prompt, 30, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=1).tokens == reference
-    assert generate_self_speculative(student, prompt, 30, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK,
+    assert generate_mtp(student, prompt, 30, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=1).tokens == reference
+    assert generate_self_speculative(student, prompt, 30, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS,
                                      k=4).tokens == reference
 
 
@@ -121,7 +125,8 @@ def test_distilling_with_the_adapter_trains_only_the_adapter_and_the_mask_rows(t
     student.train()
     for step in range(2):
         x = torch.randint(0, enc.n_vocab, (2, 32))
-        loss, _ = distill_loss(student, teacher, x, x, 3, prediction_points(32, 3, 4, step), mask_id, enc.n_vocab)
+        loss, _ = distill_loss(student, teacher, x, x, 3, prediction_points(32, 3, 4, step), [mask_id] * 2,
+                               enc.n_vocab)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -143,10 +148,11 @@ def student(teacher):
 
 
 def test_the_run_gate_stops_where_the_product_of_confidences_falls_below_tau(student):
-    """gate="run": each pass emits the longest run whose running product of confidences is
+    """decode.py --gate run: each pass emits the longest run whose running product of confidences is
     >= tau, recomputed here from the same passes."""
     prompt, k, tau = [5, 6, 7], 4, 0.5
-    out = generate_mtp(student, prompt, 24, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k, tau=tau, gate="run")
+    out = generate_mtp(student, prompt, 24, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=k, tau=tau,
+                       confidence=run_confidence)
     seq = list(prompt)
     for size in out.chunks[:-1]:
         logits = student(torch.tensor([seq + [MASK] * (k - 1)]))[0][0, -k:, :N_VOCAB]
@@ -157,7 +163,7 @@ def test_the_run_gate_stops_where_the_product_of_confidences_falls_below_tau(stu
         seq += tokens[:size].tolist()
     assert seq[len(prompt):] == out.tokens[:len(seq) - len(prompt)]
     assert max(out.chunks) > 1 and min(out.chunks) < k  # the gate did stop some runs, not all
-    token_gate = generate_mtp(student, prompt, 24, eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k, tau=tau)
+    token_gate = generate_mtp(student, prompt, 24, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=k, tau=tau)
     assert token_gate.chunks != out.chunks
 
 
@@ -176,7 +182,7 @@ def test_a_rotary_student_layout_gives_each_block_what_it_would_see_alone():
 
 def test_fitted_temperatures_recover_the_temperature_the_targets_were_drawn_at():
     """Targets drawn from softmax(z / T_j) for a known T_j per position: temperature scaling
-    finds each T_j back from the logits z (to the grid's 2.5% steps and the sample's noise)."""
+    finds each T_j back from the logits z (to the grid's 6% steps and the sample's noise)."""
     torch.manual_seed(0)
     true_t = [0.5, 1.0, 2.5]
     z = 3 * torch.randn(4000, 3, 50)  # (n, k, V)
@@ -185,14 +191,24 @@ def test_fitted_temperatures_recover_the_temperature_the_targets_were_drawn_at()
     assert fitted == pytest.approx(true_t, rel=0.1)
 
 
+def test_the_calibrated_confidence_divides_each_positions_logits_by_its_temperature():
+    scores = 3 * torch.randn(3, N_VOCAB)  # (n, n_vocab): block positions 1..3 of a pass
+    temperatures = [0.5, 2.0, 4.0, 8.0]   # k_max of them; a pass may read fewer
+    expected = torch.stack([torch.softmax(scores[j] / t, -1).max() for j, t in enumerate(temperatures[:3])])
+    torch.testing.assert_close(calibrated_confidence(scores, temperatures), expected)
+
+
 def test_temperatures_change_the_gate_and_never_the_tokens(student):
-    prompt, k = [5, 6, 7], 4
-    run = dict(eos_id=-1, n_vocab=N_VOCAB, mask_id=MASK, k=k)
-    plain = generate_mtp(student, prompt, 24, tau=0.5, **run)
-    assert generate_mtp(student, prompt, 24, tau=0.5, temperatures=[1.0] * k, **run).chunks == plain.chunks
-    static = generate_mtp(student, prompt, 24, **run)  # static k has no gate: nothing to change
-    assert generate_mtp(student, prompt, 24, temperatures=[1.0, 9.0, 9.0, 9.0], **run).tokens == static.tokens
-    # Hot enough, no mask is ever confident: one token per pass, which is the student's own k = 1.
-    hot = generate_mtp(student, prompt, 24, tau=0.5, temperatures=[1.0, 1e3, 1e3, 1e3], **run)
+    """Where a position's temperature is cold, its confidence nears 1 and the gate lets it
+    through; where hot, it nears 1/V and the gate stops there. The tokens are the argmax either
+    way: static k's when every mask gets through, the student's k = 1 when none does."""
+    prompt, k, tau = [5, 6, 7], 4, 0.5
+    run = dict(eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=k)
+    calibrated = lambda temperatures: partial(calibrated_confidence, temperatures=temperatures)  # noqa: E731
+    plain = generate_mtp(student, prompt, 24, tau=tau, **run)
+    assert max(plain.chunks) > 1 and min(plain.chunks[:-1]) < k  # the plain gate stops some passes, not all
+    cold = generate_mtp(student, prompt, 24, tau=tau, confidence=calibrated([0.01] * k), **run)
+    assert cold.chunks == [k] * 6 and cold.tokens == generate_mtp(student, prompt, 24, **run).tokens
+    # Position 2 hot, the others cold: every pass stops after its first token.
+    hot = generate_mtp(student, prompt, 24, tau=tau, confidence=calibrated([0.01, 1e3, 0.01, 0.01]), **run)
     assert hot.chunks == [1] * 24 and hot.tokens == generate_mtp(student, prompt, 24, **{**run, "k": 1}).tokens
-    assert max(plain.chunks) > 1  # ... where the plain gate did let masks through
