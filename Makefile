@@ -21,6 +21,15 @@ DRAFT_PRESET := draft
 STUDENT_PRESET := cpu
 endif
 
+# Each stage's script and the modules of this project it imports, directly or through another:
+# a change to any of them reruns the stage (tests/test_repository.py reads the imports and
+# checks that every rule lists them).
+PREPARE_PY := data/prepare.py data/problems.py data/tokenizer.py
+TRAIN_PY := train_ntp.py training.py common.py model.py experiments.py data/tokenizer.py
+DISTILL_PY := distill_mtp.py training.py common.py model.py experiments.py data/tokenizer.py
+BENCH_PY := bench.py decode.py report.py common.py model.py experiments.py data/check.py data/problems.py \
+	data/tokenizer.py
+
 .PHONY: demo test install clean ablations gpu-check
 
 demo: install out/bench.json
@@ -29,19 +38,19 @@ demo: install out/bench.json
 install:
 	@$(PYTHON) -c "import torch, numpy, tiktoken, tqdm, pytest, xdist, matplotlib" 2>/dev/null || $(PYTHON) -m pip install -r requirements.txt
 
-$(DATA)/train.bin: data/prepare.py data/problems.py data/tokenizer.py
+$(DATA)/train.bin: $(PREPARE_PY)
 	$(PYTHON) data/prepare.py --out_dir $(DATA)
 
-out/teacher.pt: $(DATA)/train.bin train_ntp.py training.py model.py common.py
+out/teacher.pt: $(DATA)/train.bin $(TRAIN_PY)
 	$(PYTHON) train_ntp.py --preset $(TEACHER_PRESET)
 
-out/draft.pt: $(DATA)/train.bin train_ntp.py training.py model.py common.py
+out/draft.pt: $(DATA)/train.bin $(TRAIN_PY)
 	$(PYTHON) train_ntp.py --preset $(DRAFT_PRESET)
 
-out/student.pt: out/teacher.pt distill_mtp.py training.py model.py common.py
+out/student.pt: out/teacher.pt $(DISTILL_PY)
 	$(PYTHON) distill_mtp.py --preset $(STUDENT_PRESET)
 
-out/bench.json: out/teacher.pt out/draft.pt out/student.pt bench.py decode.py report.py distill_mtp.py model.py common.py
+out/bench.json: out/teacher.pt out/draft.pt out/student.pt $(BENCH_PY)
 	$(PYTHON) bench.py
 
 # Every GPU setting at a few hundred steps, then the bench on 50 problems, plain and with the
@@ -78,13 +87,13 @@ STUDENTS := $(VARIANTS:%=out/ablations/student_%.pt)
 out/ablations/student_main.pt: out/student.pt
 	mkdir -p out/ablations && cp out/student.pt $@
 
-out/ablations/student_%.pt: out/teacher.pt distill_mtp.py training.py model.py common.py
+out/ablations/student_%.pt: out/teacher.pt $(DISTILL_PY)
 	$(PYTHON) distill_mtp.py --preset $(STUDENT_PRESET) $(FLAGS_$*) --out $@
 
-out/ablations/teacher_learned_positions.pt: $(DATA)/train.bin train_ntp.py training.py model.py common.py
+out/ablations/teacher_learned_positions.pt: $(DATA)/train.bin $(TRAIN_PY)
 	$(PYTHON) train_ntp.py --preset $(TEACHER_PRESET) --no-rotary --out $@
 
-out/ablations/student_learned_positions.pt: out/ablations/teacher_learned_positions.pt distill_mtp.py training.py model.py common.py
+out/ablations/student_learned_positions.pt: out/ablations/teacher_learned_positions.pt $(DISTILL_PY)
 	$(PYTHON) distill_mtp.py --preset $(STUDENT_PRESET) --teacher $< --out $@
 
 ablations: install $(STUDENTS)

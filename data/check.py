@@ -161,11 +161,15 @@ def step_kind(a, op, b):
     return f"{op} {len(str(a))}d {sign} {len(str(b))}d -> " + (f"{len(str(c))}d" if c is not None else "?")
 
 
-def main():
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("path", nargs="?", default="data/synth/test.jsonl",
                    help="a .jsonl of question/answer pairs (default: %(default)s)")
-    path = p.parse_args().path
+    return p.parse_args(argv)
+
+
+def main():
+    path = parse_args().path
     if not os.path.exists(path):
         sys.exit(f"error: no answers at {path}: run `python data/prepare.py` first, or name a .jsonl file")
     rows = [json.loads(line) for line in open(path) if line.strip()]

@@ -24,8 +24,12 @@ import time
 
 import numpy as np
 
-from problems import drill, final_answer, format_document, generate
-from tokenizer import EOT, load_tokenizer, save_tokenizer, train_bpe
+if __package__:  # imported as data.prepare (the tests parse the Makefile's flags with it)
+    from .problems import drill, final_answer, format_document, generate
+    from .tokenizer import EOT, load_tokenizer, save_tokenizer, train_bpe
+else:  # run as a script: python data/prepare.py
+    from problems import drill, final_answer, format_document, generate
+    from tokenizer import EOT, load_tokenizer, save_tokenizer, train_bpe
 
 
 def split_of(question, val_percent, test_percent):
@@ -131,7 +135,8 @@ def check_args(args):
         raise ValueError(f"--vocab_size must be >= 257 (256 bytes + the end-of-text token), got {args.vocab_size}")
 
 
-def main():
+def parse_args(argv=None):
+    """The flags, checked before any work (raises ValueError for numbers that cannot work)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out_dir", default="data/synth", help="where to write the files (default: %(default)s)")
     p.add_argument("--input", default=None, help="a .jsonl of question/answer pairs, or a text file "
@@ -148,11 +153,15 @@ def main():
                    help="share of questions hashed to test (default: %(default)s)")
     p.add_argument("--vocab_size", type=int, default=768,
                    help="BPE size (at most) before padding to a multiple of 64 (default: %(default)s)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    check_args(args)
+    return args
 
+
+def main():
     t0 = time.time()
     try:
-        check_args(args)
+        args = parse_args()
         splits = user_splits(args) if args.input else synthetic_splits(args)
     except ValueError as e:
         sys.exit(f"error: {e}")

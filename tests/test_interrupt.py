@@ -1,6 +1,7 @@
 """Never lose work. A real training process is killed (SIGKILL in the middle of a step, SIGKILL
-half-way through writing a checkpoint) or interrupted (Ctrl-C); `--resume` must then finish
-the very run an uninterrupted process finishes: same step count, same loss curve, same weights."""
+half-way through writing a checkpoint) or interrupted (Ctrl-C, or SIGTERM as a job scheduler or
+`kill` sends); `--resume` must then finish the very run an uninterrupted process finishes: same
+step count, same loss curve, same weights."""
 import os
 
 import pytest
@@ -31,9 +32,11 @@ def on_call(original, act):
 def kill_mid_step(clip, *args, **kwargs):  # gradients computed, the update not yet made
     os.kill(os.getpid(), signal.SIGKILL)
 
-def ctrl_c(clip, *args, **kwargs):
-    os.kill(os.getpid(), signal.SIGINT)
-    return clip(*args, **kwargs)
+def stop_with(sig):  # a signal the run must survive: it finishes the step, saves and exits
+    def send(clip, *args, **kwargs):
+        os.kill(os.getpid(), sig)
+        return clip(*args, **kwargs)
+    return send
 
 def kill_mid_write(save, obj, f, *args, **kwargs):  # half the bytes reach the disk, then death
     buf = io.BytesIO()
@@ -45,8 +48,8 @@ def kill_mid_write(save, obj, f, *args, **kwargs):  # half the bytes reach the d
 if how == "write":
     torch.save = on_call(torch.save, kill_mid_write)
 else:
-    torch.nn.utils.clip_grad_norm_ = on_call(torch.nn.utils.clip_grad_norm_,
-                                             kill_mid_step if how == "kill" else ctrl_c)
+    act = {"kill": kill_mid_step, "ctrl-c": stop_with(signal.SIGINT), "sigterm": stop_with(signal.SIGTERM)}[how]
+    torch.nn.utils.clip_grad_norm_ = on_call(torch.nn.utils.clip_grad_norm_, act)
 runpy.run_path(script, run_name="__main__")
 """
 
@@ -71,12 +74,14 @@ def straight(tiny_data, tmp_path_factory):
 
 
 # (how, at, the exit status, the step of the checkpoint left behind). Checkpoints are written at
-# steps 10, 20 and 30; a kill loses the steps since the last one, Ctrl-C saves the step it is in.
+# steps 10, 20 and 30; a kill loses the steps since the last one, Ctrl-C and SIGTERM save the step
+# they arrive in.
 @pytest.mark.slow
 @pytest.mark.parametrize("how, at, status, saved_step", [
     ("kill", 16, -9, 10),     # SIGKILL during step 16
     ("write", 2, -9, 10),     # SIGKILL half-way through writing the step-20 checkpoint
     ("ctrl-c", 16, 130, 16),  # SIGINT during step 16: the step finishes, is saved, the process exits
+    ("sigterm", 16, 130, 16),  # SIGTERM likewise (left to its default, it would end the process at once: -15)
 ])
 def test_an_interrupted_run_resumes_into_the_same_run(tiny_data, tmp_path, straight, how, at, status, saved_step):
     train = ["train_ntp.py", "--data_dir", str(tiny_data), "--out", str(tmp_path / "t.pt"), *TINY]
@@ -85,8 +90,10 @@ def test_an_interrupted_run_resumes_into_the_same_run(tiny_data, tmp_path, strai
     left = load_checkpoint(str(tmp_path / "t.pt"))  # loads: no corrupt checkpoint was left
     assert left["step"] == saved_step and len(left["loss_log"]) == saved_step
     assert os.path.exists(tmp_path / "t.pt.tmp") == (how == "write")
-    if how == "ctrl-c":
+    if how in ("ctrl-c", "sigterm"):
         assert "continue with: python train_ntp.py" in r.stdout
+    if how == "sigterm":
+        return  # it left the same checkpoint as Ctrl-C, whose resume follows
 
     r = run_script(*train, "--resume")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -1,4 +1,5 @@
 """The repository stands on its own: nothing in it points at a file a reader who cloned it lacks."""
+import ast
 import os
 import re
 import shlex
@@ -42,26 +43,161 @@ def make_dry_run(*args):
 
 
 def scripts_run_by(*args):
-    """(script, its arguments) for each of our Python scripts that `make <args>` runs."""
+    """(script, its arguments) for each Python script of the repository that `make <args>` runs."""
     runs = []
     for command in make_dry_run(*args):
         words = shlex.split(command)
-        if len(words) > 1 and words[1] in ("train_ntp.py", "distill_mtp.py", "bench.py"):
+        if len(words) > 1 and words[1].endswith(".py"):
             runs.append((words[1], words[2:]))
     return runs
 
 
-@pytest.mark.parametrize("target", [["demo"], ["demo", "GPU=1"], ["gpu-check"], ["ablations"]])
-def test_the_makefile_gives_the_scripts_flags_they_accept(target):
+def flag_parsers():
+    """Each script's own flag parser, by the path the Makefile runs it with."""
     import bench
     import distill_mtp
     import train_ntp
-    parse = {"train_ntp.py": train_ntp.parse_args, "distill_mtp.py": distill_mtp.parse_args,
-             "bench.py": bench.parse_args}
+    from data import prepare
+    return {"train_ntp.py": train_ntp.parse_args, "distill_mtp.py": distill_mtp.parse_args,
+            "bench.py": bench.parse_args, "data/prepare.py": prepare.parse_args}
+
+
+@pytest.mark.parametrize("target", [["demo"], ["demo", "GPU=1"], ["gpu-check"], ["ablations"]])
+def test_the_makefile_gives_the_scripts_flags_they_accept(target):
+    parse = flag_parsers()
     runs = scripts_run_by(*target)
     assert runs, target
     for script, argv in runs:
-        parse[script](argv)  # an unknown flag or preset, or a value that cannot work, exits here
+        assert script in parse, f"make {' '.join(target)} runs {script}: add its parse_args to flag_parsers()"
+        parse[script](argv)  # an unknown flag or preset, or a value that cannot work, exits or raises here
+
+
+def test_make_demo_runs_every_stage_script():
+    """The parse test above sees the data stage too, not only the training and the bench."""
+    assert {script for script, _ in scripts_run_by("demo")} == {
+        "data/prepare.py", "train_ntp.py", "distill_mtp.py", "bench.py"}
+
+
+# --------------------------------------------------------------------------------------
+# A stage reruns when what it is made from changes: its rule must list, besides its inputs,
+# its script and every module of this repository that the script imports, directly or not.
+
+def module_file(name, folder, root):
+    """The file under `root` that `import name` means, looked for in `folder` (where a script run
+    as `python data/prepare.py` finds its neighbours) and then at the root; None if the module is
+    not one of ours (torch, numpy, os, ...)."""
+    for base in (folder, root):
+        for candidate in (name.replace(".", "/") + ".py", name.replace(".", "/") + "/__init__.py"):
+            path = os.path.join(base, candidate)
+            if os.path.isfile(path):
+                return os.path.relpath(path, root)
+    return None
+
+
+def imported_modules(script, root=ROOT):
+    """The repository's modules that `script` (a path relative to `root`) imports, directly or
+    through another of them, read with `ast` (nothing is imported). Every import statement
+    counts, also one inside a function or an if: a module loaded late still changes the output."""
+    found, todo = set(), [script]
+    while todo:
+        path = todo.pop()
+        folder = os.path.dirname(os.path.join(root, path))
+        with open(os.path.join(root, path), encoding="utf-8") as f:
+            tree = ast.parse(f.read(), filename=path)
+        names = []
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names += [(alias.name, folder) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = folder
+                for _ in range(node.level - 1):  # from ..x import y
+                    base = os.path.dirname(base)
+                if node.level and not node.module:  # from . import x
+                    names += [(alias.name, base) for alias in node.names]
+                    continue
+                module = node.module or ""
+                # `from data import tokenizer` imports the module data/tokenizer.py
+                names += [(module, base)] + [(f"{module}.{alias.name}", base) for alias in node.names]
+        for name, where in names:
+            target = module_file(name, where, root)
+            if target and target != script and target not in found:
+                found.add(target)
+                todo.append(target)
+    return found
+
+
+def make_rules():
+    """{target: (prerequisites, recipe lines)} of the Makefile's rules, with the variables of the
+    prerequisites expanded, as make itself reads them (its database, `make -p`)."""
+    r = subprocess.run(["make", "-p", "-n", "-r", "-R", "-f", "Makefile", "clean"], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    rules, target = {}, None
+    for line in r.stdout.splitlines():
+        rule = re.match(r"^([^#\s=:][^=:]*?)\s*:(?![:=])\s*(.*)$", line)
+        if rule:
+            target = rule.group(1)
+            rules[target] = (rule.group(2).split(), [])
+        elif line.startswith("\t") and target:
+            rules[target][1].append(line.strip())
+        elif not line.strip():
+            target = None
+    return rules
+
+
+def stage_rules():
+    """(target, prerequisites, scripts) of every rule that makes a file by running our scripts."""
+    rules = make_rules()
+    phony = set(rules.get(".PHONY", ((), ()))[0])
+    stages = []
+    for target, (prerequisites, recipe) in rules.items():
+        scripts = sorted({word for line in recipe for word in line.split()
+                          if word.endswith(".py") and os.path.isfile(os.path.join(ROOT, word))})
+        if scripts and target not in phony:
+            stages.append((target, prerequisites, scripts))
+    return stages
+
+
+def test_the_stage_rules_are_all_seen():
+    assert {target for target, _, _ in stage_rules()} == {
+        "data/synth/train.bin", "out/teacher.pt", "out/draft.pt", "out/student.pt", "out/bench.json",
+        "out/ablations/student_%.pt", "out/ablations/teacher_learned_positions.pt",
+        "out/ablations/student_learned_positions.pt"}
+
+
+def test_every_stage_lists_the_modules_its_script_imports():
+    missing = []
+    for target, prerequisites, scripts in stage_rules():
+        for script in scripts:
+            lacking = sorted(({script} | imported_modules(script)) - set(prerequisites))
+            if lacking:
+                missing.append(f"the rule for {target} runs {script} but does not list {' '.join(lacking)}")
+    assert not missing, "\n".join(missing)
+
+
+def test_the_import_reader_follows_every_kind_of_import(tmp_path):
+    """A small tree of its own, so that the refactors of the real scripts do not move it."""
+    files = {
+        "run.py": "import os, torch\nfrom lib import helper\nimport pkg.deep as deep\n",
+        "lib.py": "def helper():\n    from pkg import late  # imported when called: still a dependency\n",
+        "pkg/deep.py": "from .sibling import x\nfrom . import other\n",
+        "pkg/sibling.py": "x = 1\n", "pkg/other.py": "", "pkg/late.py": "from .. import lib\n",
+        "pkg/unused.py": "",
+        "tools/script.py": "try:\n    from neighbour import y\nexcept ImportError:\n    pass\n",
+        "tools/neighbour.py": "import lib\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert imported_modules("run.py", str(tmp_path)) == {
+        "lib.py", "pkg/deep.py", "pkg/sibling.py", "pkg/other.py", "pkg/late.py"}
+    assert imported_modules("tools/script.py", str(tmp_path)) == {"tools/neighbour.py", "lib.py", "pkg/late.py"}
+
+
+def test_the_bench_reaches_the_data_modules_through_the_import_reader():
+    assert {"decode.py", "report.py", "model.py", "common.py", "data/check.py", "data/problems.py",
+            "data/tokenizer.py"} <= imported_modules("bench.py")
+    assert imported_modules("data/prepare.py") == {"data/problems.py", "data/tokenizer.py"}
 
 
 def test_make_demo_gpu_switches_on_the_gpu_presets():
@@ -76,7 +212,7 @@ def test_make_demo_gpu_switches_on_the_gpu_presets():
 
 def test_make_gpu_check_benches_its_own_models_plain_and_compiled():
     runs = scripts_run_by("gpu-check")
-    outs = [argv[argv.index("--out") + 1] for script, argv in runs if script != "bench.py"]
+    outs = [argv[argv.index("--out") + 1] for script, argv in runs if script in ("train_ntp.py", "distill_mtp.py")]
     benches = [argv for script, argv in runs if script == "bench.py"]
     assert all(out.startswith("out/gpu-check/") for out in outs) and len(outs) == 3  # never the demo's models
     assert sorted("--compile" in argv for argv in benches) == [False, True]
