@@ -100,9 +100,10 @@ ablations: install $(STUDENTS)
 	$(PYTHON) bench.py --compare $(STUDENTS) --n 400 --static_k 1,2,3,4,5 --taus 0.8,0.9,0.95,0.99 \
 		--strategies ntp,static,confadapt
 
-# Two pytest workers (pytest-xdist): without them the suite keeps one core busy at a time.
+# Two pytest workers (pytest-xdist): without them the suite keeps one core busy at a time; with
+# worksteal, one that runs out of tests takes the other's, so neither sits idle at the end.
 test: install
-	$(PYTHON) -m pytest -q -n 2
+	$(PYTHON) -m pytest -q -n 2 --dist worksteal
 
 clean:
 	rm -rf out $(DATA)

@@ -167,7 +167,6 @@ def every_strategy(target, student, draft):
         "ntp sampling": lambda p: generate_ntp(target, p, generator=torch.Generator().manual_seed(0), **sample,
                                                **common),
         "static k=3": lambda p: generate_mtp(student, p, k=3, **mtp),
-        "static k=8": lambda p: generate_mtp(student, p, k=8, **mtp),
         "ConfAdapt": lambda p: generate_mtp(student, p, k=3, tau=0.03, **mtp),
         "ConfAdapt, run gate": lambda p: generate_mtp(student, p, k=3, tau=0.001, confidence=run_confidence, **mtp),
         "ConfAdapt, calibrated": lambda p: generate_mtp(student, p, k=3, tau=0.03,
