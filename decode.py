@@ -255,7 +255,8 @@ class CompiledDecoder:
     that holds it: a handful of graphs per model. The padding sits after the pass's tokens,
     which never see it, and later passes write over its cache slots. A pass without a cache,
     a wider one (the prompt) or one that would pad past the context runs the model as it is.
-    The tokens are the plain model's, except where rounding decides a near tie."""
+    The tokens are the plain model's, except where rounding decides a near tie. One sequence
+    at a time (positions of shape (T,)); batched.py's passes run the plain model."""
 
     def __init__(self, model):
         self.model, self.config, self.lm_head = model, model.config, model.lm_head

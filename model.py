@@ -52,10 +52,11 @@ class KVCache:
 
 def rotate(x, cos, sin):
     """Rotary position embedding (Su et al. 2021, RoFormer): turn each pair of channels of the
-    queries or keys x (B, nh, T, hs) by an angle pos * frequency, whose cos and sin (T, hs/2)
-    `GPT.forward` looks up once per pass in tables made at init. A query-key score then depends
-    on their positions only through the distance between them, so a mask always knows how far it
-    stands from the last real token (the paper's Llama and Qwen models are rotary)."""
+    queries or keys x (B, nh, T, hs) by an angle pos * frequency, whose cos and sin (T, hs/2),
+    or (B, 1, T, hs/2) when each row has its own positions, `GPT.forward` looks up once per pass
+    in tables made at init. A query-key score then depends on their positions only through the
+    distance between them, so a mask always knows how far it stands from the last real token
+    (the paper's Llama and Qwen models are rotary)."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x.chunk(2, dim=-1)                      # (B, nh, T, hs/2) each
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
@@ -80,8 +81,13 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:  # the cache keeps the keys turned, as the next passes read them
             q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is not None:  # write at the tokens' positions, then attend over the slots the mask covers
-            cache.k[layer, :, :, pos] = k.to(cache.k.dtype)
-            cache.v[layer, :, :, pos] = v.to(cache.v.dtype)
+            if pos.dim() == 1:
+                cache.k[layer, :, :, pos] = k.to(cache.k.dtype)
+                cache.v[layer, :, :, pos] = v.to(cache.v.dtype)
+            else:  # a position per row (batched.py): each row writes its own slots
+                rows = torch.arange(B, device=x.device)[:, None]                      # (B, 1)
+                cache.k[layer, rows, :, pos] = k.transpose(1, 2).to(cache.k.dtype)  # indexed as (B, T, nh, hs)
+                cache.v[layer, rows, :, pos] = v.transpose(1, 2).to(cache.v.dtype)
             n_keys = attn_mask.size(-1)
             k = cache.k[layer, :, :, :n_keys].to(q.dtype)  # (B, nh, n_keys, hs)
             v = cache.v[layer, :, :, :n_keys].to(q.dtype)
@@ -163,7 +169,8 @@ class GPT(nn.Module):
         idx:       (B, T) token ids
         targets:   (B, T) next-token ids, -1 where no loss is wanted; returns the mean loss too
         pos:       (T,) the position of each token; default 0 .. T-1. With explicit positions T
-                   may exceed block_size (the MTP layout's blocks reuse positions of the sequence)
+                   may exceed block_size (the MTP layout's blocks reuse positions of the sequence).
+                   (B, T): a position per row, for rows that stand at different points (batched.py)
         attn_mask: (T, T_keys) or (B, T, T_keys) bool, True = may attend. Default: causal; with
                    a cache, each token sees the slots up to its own position
         cache:     a KVCache: the tokens' keys/values are written at slots `pos` (required), and
@@ -180,7 +187,7 @@ class GPT(nn.Module):
         if cache is not None and attn_mask is None:
             # The keys end at the last position fed: the slots after it hold nothing this pass may see.
             n_keys = int(pos.max()) + 1
-            attn_mask = torch.arange(n_keys, device=idx.device) <= pos[:, None]  # (T, n_keys)
+            attn_mask = torch.arange(n_keys, device=idx.device) <= pos[..., None]  # (T, n_keys) or (B, T, n_keys)
         if attn_mask is not None and attn_mask.dim() == 3:
             attn_mask = attn_mask[:, None]  # (B, 1, T, T_keys): the same mask for every head
 
@@ -188,7 +195,10 @@ class GPT(nn.Module):
         if not self.config.rotary:  # else the positions enter in every attention score (rotate)
             x = x + self.transformer.wpe(pos)
         x = self.transformer.drop(x)
-        rope = (self.rope_cos[pos], self.rope_sin[pos]) if self.config.rotary else None  # (T, hs/2) each
+        rope = None
+        if self.config.rotary:
+            cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, hs/2) each, or (B, T, hs/2)
+            rope = (cos, sin) if pos.dim() == 1 else (cos[:, None], sin[:, None])  # (B, 1, T, hs/2): every head alike
         for layer, block in enumerate(self.transformer.h):
             x = block(x, pos, rope, attn_mask, cache, layer)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
