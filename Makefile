@@ -5,6 +5,7 @@
 #   make ablations   one student per variant of the paper's ablations, then one comparison (86 min with bf16 units)
 #   make demo GPU=1  the same pipeline with the one-GPU presets (torch.compile, fused AdamW, bf16 where the GPU has it)
 #   make gpu-check   run this first on a GPU: the GPU presets end to end in a few minutes (out/gpu-check)
+#   make batch  after make demo: every strategy at batch sizes 1, 4, 16 and 64 (out/batch.{json,md,png})
 #
 # An interrupted training run keeps its checkpoint and prints the command that finishes it
 # (its own flags plus --resume); run that, then `make demo` again.
@@ -29,8 +30,10 @@ TRAIN_PY := train_ntp.py training.py common.py model.py experiments.py data/toke
 DISTILL_PY := distill_mtp.py training.py common.py model.py experiments.py data/tokenizer.py
 BENCH_PY := bench.py decode.py report.py common.py model.py experiments.py data/check.py data/problems.py \
 	data/tokenizer.py
+BATCH_PY := bench_batch.py batched.py bench.py decode.py report.py common.py model.py experiments.py data/check.py \
+	data/problems.py data/tokenizer.py
 
-.PHONY: demo test install clean ablations gpu-check
+.PHONY: demo test install clean ablations gpu-check batch
 
 demo: install out/bench.json
 	@cat out/bench.md
@@ -52,6 +55,14 @@ out/student.pt: out/teacher.pt $(DISTILL_PY)
 
 out/bench.json: out/teacher.pt out/draft.pt out/student.pt $(BENCH_PY)
 	$(PYTHON) bench.py
+
+# Batch sizes above 1: where each acceleration stops paying (bench_batch.py), beside a model of
+# an 8B target on one GPU.
+batch: install out/batch.json
+	@cat out/batch.md
+
+out/batch.json: out/teacher.pt out/draft.pt out/student.pt $(BATCH_PY)
+	$(PYTHON) bench_batch.py
 
 # Every GPU setting at a few hundred steps, then the bench on 50 problems, plain and with the
 # compiled decoder: it prints training tokens/s (the "done" lines), decoding tokens/s and the

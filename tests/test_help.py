@@ -17,6 +17,7 @@ SCRIPTS = [
     *[("distill_mtp.py", ["--preset", name]) for name in ("cpu", "gpu")],
     ("decode.py", ["--prompt", "How many?"]),
     ("bench.py", []),
+    ("bench_batch.py", []),
     ("data/prepare.py", []),
     ("data/check.py", []),
 ]

@@ -55,14 +55,15 @@ def scripts_run_by(*args):
 def flag_parsers():
     """Each script's own flag parser, by the path the Makefile runs it with."""
     import bench
+    import bench_batch
     import distill_mtp
     import train_ntp
     from data import prepare
     return {"train_ntp.py": train_ntp.parse_args, "distill_mtp.py": distill_mtp.parse_args,
-            "bench.py": bench.parse_args, "data/prepare.py": prepare.parse_args}
+            "bench.py": bench.parse_args, "data/prepare.py": prepare.parse_args, "bench_batch.py": bench_batch.parse_args}
 
 
-@pytest.mark.parametrize("target", [["demo"], ["demo", "GPU=1"], ["gpu-check"], ["ablations"]])
+@pytest.mark.parametrize("target", [["demo"], ["demo", "GPU=1"], ["gpu-check"], ["ablations"], ["batch"]])
 def test_the_makefile_gives_the_scripts_flags_they_accept(target):
     parse = flag_parsers()
     runs = scripts_run_by(*target)
@@ -160,7 +161,7 @@ def stage_rules():
 
 def test_the_stage_rules_are_all_seen():
     assert {target for target, _, _ in stage_rules()} == {
-        "data/synth/train.bin", "out/teacher.pt", "out/draft.pt", "out/student.pt", "out/bench.json",
+        "data/synth/train.bin", "out/teacher.pt", "out/draft.pt", "out/student.pt", "out/bench.json", "out/batch.json",
         "out/ablations/student_%.pt", "out/ablations/teacher_learned_positions.pt",
         "out/ablations/student_learned_positions.pt"}
 
