@@ -10,8 +10,9 @@ reads, so the k-1 extra positions of an MTP or verification pass are nearly free
 pass carries B rows: the more rows, the more a pass costs arithmetic per position, and every
 position a strategy computes without emitting a token from it costs real time: the masks and
 drafts, the accepted tokens fed again, and the padding of every row to the pass's widest row
-(a row that advances by its own number of tokens, as in ConfAdapt and speculative decoding,
-makes the others wait in padding).
+(a row that advances by its own number of tokens, as in ConfAdapt and self-speculative
+decoding, makes the others wait in padding; in speculative decoding only the drafter's passes
+pad, since every row's verification feeds its last token and the same number of drafts).
 
 For each batch size B the problems are decoded B at a time (batched.py), by every strategy in
 turn, batch by batch; one process with torch's threads. For each strategy and B: tokens/s
@@ -202,8 +203,8 @@ def markdown(rows, model_table, measured_cross, batch_sizes):
     for r in rows:
         by_b.setdefault(r["batch_size"], r)  # NTP's row: every strategy's first pass pads the same prompts
     lossless = [r for r in rows if "identical_to_ntp" in r]
-    lines += ["", "The first pass of a batch pads the prompts to the longest (not in the padding column); its "
-              "share of padding: " + ", ".join(f"B={b} {r['prompt_padding']}%" for b, r in by_b.items()) + ".",
+    lines += ["", "The first pass of a batch pads the prompts to the longest (not in the padding column); NTP's "
+              "share of padding there: " + ", ".join(f"B={b} {r['prompt_padding']}%" for b, r in by_b.items()) + ".",
               "The lossless rows' answers identical to NTP's at the same batch size: "
               + ", ".join(f"{r['strategy']} at B={r['batch_size']}: {r['identical_to_ntp']}%" for r in lossless)
               + ".", "", "Where each stops paying (the first batch size with a speed-up below 1), measured here: "
