@@ -11,8 +11,9 @@ pass carries B rows: the more rows, the more a pass costs arithmetic per positio
 position a strategy computes without emitting a token from it costs real time: the masks and
 drafts, the accepted tokens fed again, and the padding of every row to the pass's widest row
 (a row that advances by its own number of tokens, as in ConfAdapt and self-speculative
-decoding, makes the others wait in padding; in speculative decoding only the drafter's passes
-pad, since every row's verification feeds its last token and the same number of drafts).
+decoding, makes the others wait in padding; in speculative and MTP-drafted decoding only the
+drafter's passes pad, since every row's verification feeds its last token and its drafts, as
+many as the others' until a row nears its end).
 
 For each batch size B the problems are decoded B at a time (batched.py), by every strategy in
 turn, batch by batch; one process with torch's threads. For each strategy and B: tokens/s
