@@ -496,7 +496,8 @@ def parse_args(argv=None):
     p.add_argument("--n_chunks", type=int, default=3, help="held-out answers drawn in chunks.png")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--workers", default="auto", help="processes that decode at once, one thread each, the problems "
-                   "shared out among them (run_bench); auto: 2 on a CPU with two cores or more, else 1")
+                   "shared out among them (run_bench); auto: 2 on a CPU with two cores or more, one per core up to 8 on a "
+                   "GPU, else 1")
     p.add_argument("--compile", action="store_true", help="every strategy decodes with fixed-shape passes through "
                    "torch.compile (decode.py --compile): the same tokens up to rounding (docs/results.md: what it gave "
                    "on a CPU)")
@@ -515,6 +516,17 @@ def parse_args(argv=None):
     return args
 
 
+def auto_workers(device):
+    """Decoding processes for --workers auto. A pass of these models is mostly fixed cost on the CPU side
+    (Python, dispatch, kernel launches), which one more thread does not share but one more process does:
+    two on a CPU of two cores or more, and on a GPU one per core up to 8, eight processes keeping one GPU
+    busier than one (both measured: docs/notebook.md, docs/results.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device == "cpu":
+        return min(2, cores)
+    return min(8, cores) if device.startswith("cuda") else 1
+
+
 def main(args):
     device = pick_device(args.device)
     torch.manual_seed(0)
@@ -524,9 +536,8 @@ def main(args):
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
     shared = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab)
     strategies, students = build_strategies(args, teacher, teacher_ckpt, len(problems), shared, device)
-    if args.workers == "auto":  # two on a CPU (measured on two cores: docs/notebook.md); one GPU serves one best
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        args.workers = 2 if device == "cpu" and cores >= 2 else 1
+    if args.workers == "auto":
+        args.workers = auto_workers(device)
     args.workers = min(args.workers, len(problems))
     print(f"benchmarking {len(strategies)} strategies on {len(problems)} problems from {test_path} on {device}, "
           f"interleaved problem by problem" + (f", in {args.workers} processes of one thread" if args.workers > 1

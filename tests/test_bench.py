@@ -6,7 +6,7 @@ from functools import partial
 import pytest
 import torch
 
-from bench import Strategy, Tally, calibration, first_departures, merge_tallies, run_bench, wilson_interval
+from bench import Strategy, Tally, auto_workers, calibration, first_departures, merge_tallies, run_bench, wilson_interval
 from conftest import TINY
 from data import problems
 from data.tokenizer import EOT, load_tokenizer, padded_vocab_size
@@ -49,6 +49,16 @@ def test_merged_tallies_are_what_one_process_would_count():
         seconds=2.0, tpf=4.0, forwards=9, draft_forwards=3, steps=3, accepted=5, proposed_at=[3, 2, 1],
         accepted_at=[3, 2, 0], outputs=[[1], [2], [3]], chunks=[[1], [1], [1]])
     assert first.step_kinds == {"+ 1d": [1, 3]} and first.proposed_at == [2, 1]  # the shares are left as they were
+
+
+@pytest.mark.parametrize("device, cores, workers", [
+    ("cpu", 1, 1), ("cpu", 2, 2), ("cpu", 16, 2),           # a second thread shares nothing; a second process does
+    ("cuda", 2, 2), ("cuda:1", 16, 8), ("cuda", 64, 8),     # one per core, up to 8, keep one GPU busy
+    ("mps", 8, 1)])
+def test_auto_workers_follow_the_device_and_its_cores(monkeypatch, device, cores, workers):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    assert auto_workers(device) == workers
 
 
 @pytest.mark.slow
