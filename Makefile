@@ -27,10 +27,10 @@ endif
 # checks that every rule lists them).
 PREPARE_PY := data/prepare.py data/problems.py data/tokenizer.py
 TRAIN_PY := train_ntp.py training.py common.py model.py experiments.py data/tokenizer.py
-DISTILL_PY := distill_mtp.py training.py common.py model.py experiments.py data/tokenizer.py
-BENCH_PY := bench.py decode.py report.py common.py model.py experiments.py data/check.py data/problems.py \
+DISTILL_PY := distill_mtp.py ablations.py training.py common.py model.py experiments.py data/tokenizer.py
+BENCH_PY := bench.py decode.py compiled.py report.py common.py model.py experiments.py data/check.py data/problems.py \
 	data/tokenizer.py
-BATCH_PY := bench_batch.py batched.py bench.py decode.py report.py common.py model.py experiments.py data/check.py \
+BATCH_PY := bench_batch.py batched.py bench.py decode.py compiled.py report.py common.py model.py experiments.py data/check.py \
 	data/problems.py data/tokenizer.py
 
 .PHONY: demo test install clean ablations gpu-check batch

@@ -41,8 +41,8 @@ from common import (HelpFormatter, UserError, check_flags, check_same_tokenizer,
 from data.check import check_answer, step_kind
 from data.problems import final_answer, format_prompt
 from data.tokenizer import EOT
-from decode import (CompiledDecoder, generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative,
-                    generate_speculative)
+from compiled import CompiledDecoder
+from decode import generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative, generate_speculative
 from experiments import calibrated_confidence
 from model import mtp_layout
 from report import CURVES, write_outputs
@@ -98,8 +98,12 @@ def run_bench(strategies, problems, enc, workers=1):
     else:  # spawn, not fork: a process forked from one that has run torch's thread pool can hang
         starts = [len(problems) * w // workers for w in range(workers + 1)]
         jobs = [(strategies, problems[a:b], enc, a, w, workers) for w, (a, b) in enumerate(zip(starts, starts[1:]))]
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pool = multiprocessing.get_context("spawn").Pool(workers)
+        try:
             shares = pool.starmap(decode_share, jobs)  # [worker][strategy]
+        finally:  # let the workers exit on their own (not terminate them), so they release what they hold
+            pool.close()
+            pool.join()
         tallies = [merge_tallies(parts) for parts in zip(*shares)]
     return summarize(strategies, tallies), tallies
 
@@ -268,10 +272,10 @@ def calibration(student, ckpt, teacher, problems, k1_answers, enc, bins=CONFIDEN
         masks = torch.tensor(student_mask_ids(ckpt) * len(points))
         idx = torch.cat([x, masks])[None].to(device)                      # (1, N + M (k-1))
         logits, _ = student(idx, pos=pos.to(device), attn_mask=mask.to(device))
-        scores = logits[0, read][..., :enc.n_vocab].float().cpu()       # (M, k, n_vocab)
+        scores = logits[0, read].float().cpu()                           # (M, k, n_vocab)
         token = scores.argmax(dim=-1)                                    # (M, k)
         ahead = points[:, None] + torch.arange(1, k + 1)                 # (M, k): where block token j stands
-        teacher_next = teacher(x[None].to(device))[0][0, :, :enc.n_vocab].argmax(-1).cpu()  # (N,)
+        teacher_next = teacher(x[None].to(device))[0][0].argmax(-1).cpu()  # (N,)
         for name, temperatures in views.items():
             confidence = torch.softmax(scores / temperatures[:, None], dim=-1).amax(dim=-1)  # (M, k)
             b = torch.bucketize(confidence, edges, right=True)          # (M, k) the bin of each
@@ -534,7 +538,7 @@ def main(args):
     test_path = args.test or os.path.join(os.path.dirname(teacher_ckpt["tokenizer"]), "test.jsonl")
     problems = load_problems(test_path, args.n)
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
-    shared = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab)
+    shared = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id)
     strategies, students = build_strategies(args, teacher, teacher_ckpt, len(problems), shared, device)
     if args.workers == "auto":
         args.workers = auto_workers(device)

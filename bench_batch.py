@@ -76,28 +76,56 @@ def modelled_seconds(passes, size, gpu=GPU, rows_scale=1.0):
 
 
 # --------------------------------------------------------------------------------------
-# The strategies: each is prompts -> (Generations, the RowCache of the model that decides,
-# the drafter's RowCache or None), at max_new_tokens.
+# What the passes computed: a model wrapped in Counted counts it as the strategies run it.
 
-def build_strategies(args, teacher, draft, student, student_ckpt, eos_id, n_vocab):
-    """[(name, the 8B-scale sizes (decider, drafter), decode(prompts, max_new_tokens))]: NTP first."""
-    mtp = dict(eos_id=eos_id, n_vocab=n_vocab, mask_ids=student_mask_ids(student_ckpt))
+class Counted:
+    """A model that counts its passes: (rows, width, n_keys) of each, what the cost model reads,
+    and the positions fed: the rows' own tokens (`fed`) and the padding, of the first pass (the
+    prompts padded to the longest: `prompt_padded`) and of the later ones (`padded`). A pass's
+    padding is what batched.RowCache parks at the context's last slot."""
 
-    def one_cache(fn):  # single-model strategies: no drafter
-        return lambda prompts, m: (*fn(prompts, m), None)
-    return [
-        ("NTP", ("8B", None), one_cache(lambda p, m: generate_ntp_batch(teacher, p, m, eos_id, n_vocab))),
-        (f"static k={args.static_k}", ("8B", None), one_cache(lambda p, m: generate_mtp_batch(
-            student, p, m, k=args.static_k, **mtp))),
-        (f"ConfAdapt tau={args.tau}", ("8B", None), one_cache(lambda p, m: generate_mtp_batch(
-            student, p, m, k=student_ckpt["k_max"], tau=args.tau, **mtp))),
-        (f"self-speculative k={args.self_k}", ("8B", None), one_cache(lambda p, m: generate_self_speculative_batch(
-            student, p, m, k=args.self_k, **mtp))),
-        (f"speculative gamma={args.gamma}", ("8B", "1B"), lambda p, m: generate_speculative_batch(
-            teacher, draft, p, m, eos_id, n_vocab, gamma=args.gamma)),
-        (f"MTP-drafted k={args.mtp_k}", ("8B", "8B"), lambda p, m: generate_mtp_speculative_batch(
-            teacher, student, p, m, k=args.mtp_k, **mtp)),
-    ]
+    def __init__(self, model):
+        self.model, self.config, self.lm_head = model, model.config, model.lm_head
+        self.reset()
+
+    def reset(self):
+        self.passes, self.fed, self.prompt_padded, self.padded = [], 0, 0, 0
+
+    def __call__(self, idx, pos, attn_mask, cache):
+        rows, width = idx.shape
+        real = int((pos < self.config.block_size - 1).sum())
+        if self.passes:
+            self.padded += rows * width - real
+        else:
+            self.prompt_padded = rows * width - real
+        self.fed += real
+        self.passes.append((rows, width, attn_mask.size(-1)))
+        return self.model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
+
+
+# The strategies: each runs its models wrapped in Counted.
+
+def build_strategies(args, teacher, draft, student, student_ckpt, eos_id):
+    """[(name, the 8B-scale sizes (decider, drafter), its Counted models (decider, drafter or None),
+    decode(prompts, max_new_tokens) -> a Generation per prompt)]: NTP first."""
+    mtp = dict(eos_id=eos_id, mask_ids=student_mask_ids(student_ckpt))
+    strategies = []
+
+    def add(name, sizes, models, decode):  # decode(*the Counted models, prompts, max_new_tokens)
+        counted = [Counted(m) for m in models]
+        strategies.append((name, sizes, (counted + [None])[:2], lambda p, m: decode(*counted, p, m)))
+    add("NTP", ("8B", None), [teacher], lambda t, p, m: generate_ntp_batch(t, p, m, eos_id))
+    add(f"static k={args.static_k}", ("8B", None), [student],
+        lambda s, p, m: generate_mtp_batch(s, p, m, k=args.static_k, **mtp))
+    add(f"ConfAdapt tau={args.tau}", ("8B", None), [student],
+        lambda s, p, m: generate_mtp_batch(s, p, m, k=student_ckpt["k_max"], tau=args.tau, **mtp))
+    add(f"self-speculative k={args.self_k}", ("8B", None), [student],
+        lambda s, p, m: generate_self_speculative_batch(s, p, m, k=args.self_k, **mtp))
+    add(f"speculative gamma={args.gamma}", ("8B", "1B"), [teacher, draft],
+        lambda t, d, p, m: generate_speculative_batch(t, d, p, m, eos_id, gamma=args.gamma))
+    add(f"MTP-drafted k={args.mtp_k}", ("8B", "8B"), [teacher, student],
+        lambda t, s, p, m: generate_mtp_speculative_batch(t, s, p, m, k=args.mtp_k, **mtp))
+    return strategies
 
 
 def measure(strategies, problems, enc, batch_size, max_new_tokens):
@@ -105,31 +133,35 @@ def measure(strategies, problems, enc, batch_size, max_new_tokens):
     batch (a slow patch of the machine slows all alike). Returns a tally per strategy."""
     prompts = [enc.encode_ordinary(format_prompt(p["question"])) for p in problems]
     batches = [list(range(a, min(a + batch_size, len(problems)))) for a in range(0, len(problems), batch_size)]
-    for _, _, decode in strategies:  # warm-up: the first passes at a new shape pay for allocations
+    for _, _, _, decode in strategies:  # warm-up: the first passes at a new shape pay for allocations
         decode([prompts[i] for i in batches[0]], 4)
-    tallies = [dict(seconds=0.0, tokens=0, passes=[], draft_passes=[], fed=0, padded=0, prompt_padded=0, first_pass=0, prompt=0,
-                    draft_fed=0, draft_padded=0, row_passes=0, outputs=[None] * len(problems)) for _ in strategies]
+    tallies = [dict(seconds=0.0, tokens=0, passes=[], draft_passes=[], fed=0, padded=0, prompt_padded=0, first_pass=0,
+                    prompt=0, draft_fed=0, draft_padded=0, row_passes=0, outputs=[None] * len(problems))
+               for _ in strategies]
     bar = tqdm(total=len(batches) * len(strategies), desc=f"batch size {batch_size}", dynamic_ncols=True,
                mininterval=1.0)
     for rows in batches:
-        for (name, _, decode), t in zip(strategies, tallies):
+        for (name, _, (decider, drafter), decode), t in zip(strategies, tallies):
+            for counted in (decider, drafter):
+                if counted:
+                    counted.reset()
             t0 = time.perf_counter()
-            outs, cache, draft_cache = decode([prompts[i] for i in rows], max_new_tokens)
+            outs = decode([prompts[i] for i in rows], max_new_tokens)
             t["seconds"] += time.perf_counter() - t0
             for i, out in zip(rows, outs):
                 t["outputs"][i] = out.tokens
                 t["tokens"] += len(out.tokens)
                 t["row_passes"] += out.n_forward
                 t["prompt"] += len(prompts[i]) - 1  # the last prompt token predicts the first new one
-            t["passes"] += cache.passes
-            t["fed"] += cache.fed
-            t["padded"] += cache.padded
-            t["prompt_padded"] += cache.prompt_padded
-            t["first_pass"] += cache.passes[0][0] * cache.passes[0][1]  # rows * width
-            if draft_cache:
-                t["draft_passes"] += draft_cache.passes
-                t["draft_fed"] += draft_cache.fed
-                t["draft_padded"] += draft_cache.padded
+            t["passes"] += decider.passes
+            t["fed"] += decider.fed
+            t["padded"] += decider.padded
+            t["prompt_padded"] += decider.prompt_padded
+            t["first_pass"] += decider.passes[0][0] * decider.passes[0][1]  # rows * width
+            if drafter:
+                t["draft_passes"] += drafter.passes
+                t["draft_fed"] += drafter.fed
+                t["draft_padded"] += drafter.padded
             bar.update()
     bar.close()
     return tallies
@@ -139,7 +171,7 @@ def summarize(strategies, tallies, batch_size, problems, enc, eos_id, alone=None
     """One row per strategy at this batch size; `alone`: the batch-1 tallies, for the share of
     answers identical to them."""
     rows = []
-    for (name, sizes, _), t in zip(strategies, tallies):
+    for (name, sizes, _, _), t in zip(strategies, tallies):
         n = len(problems)
         texts = [enc.decode([tok for tok in out if tok != eos_id]) for out in t["outputs"]]
         correct = sum(final_answer(text) == final_answer(p["answer"]) for text, p in zip(texts, problems))
@@ -166,12 +198,12 @@ def modelled(strategies, tallies_by_b, batch_sizes):
     """The speed-ups over NTP modelled for the 8B pair on GPU, at each batch size of
     `batch_sizes`: from the passes measured at that batch size, or else at the largest measured
     batch size below it, with each pass's rows scaled up (their widths as measured)."""
-    table = {name: {} for name, _, _ in strategies}
+    table = {name: {} for name, _, _, _ in strategies}
     for b in batch_sizes:
         source = max(m for m in tallies_by_b if m <= b)  # batch size 1 is always measured
         scale = b / source
         speed = {}
-        for (name, (decider, drafter), _), t in zip(strategies, tallies_by_b[source]):
+        for (name, (decider, drafter), _, _), t in zip(strategies, tallies_by_b[source]):
             seconds = modelled_seconds(t["passes"], LARGE[decider], rows_scale=scale)
             if drafter:
                 seconds += modelled_seconds(t["draft_passes"], LARGE[drafter], rows_scale=scale)
@@ -292,14 +324,14 @@ def main(args):
     test_path = args.test or os.path.join(os.path.dirname(teacher_ckpt["tokenizer"]), "test.jsonl")
     problems = load_problems(test_path, args.n)
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
-    strategies = build_strategies(args, teacher, draft, student, student_ckpt, eos_id, enc.n_vocab)
+    strategies = build_strategies(args, teacher, draft, student, student_ckpt, eos_id)
     print(f"{len(strategies)} strategies on {len(problems)} problems from {test_path} on {device} "
           f"({torch.get_num_threads()} threads), at batch sizes {', '.join(map(str, args.batch_sizes))}")
 
     t0, rows, tallies_by_b = time.time(), [], {}
     for b in args.batch_sizes:
         tallies_by_b[b] = measure(strategies, problems, enc, b, args.max_new_tokens)
-        alone = None if b == 1 else {name: t for (name, _, _), t in zip(strategies, tallies_by_b[1])}
+        alone = None if b == 1 else {name: t for (name, _, _, _), t in zip(strategies, tallies_by_b[1])}
         rows += summarize(strategies, tallies_by_b[b], b, problems, enc, eos_id, alone)
     for r in rows:  # the lossless ones: identical to NTP's answers at the same batch size
         if r["strategy"].startswith(("speculative", "MTP-drafted")):
@@ -308,7 +340,7 @@ def main(args):
             r["identical_to_ntp"] = round(100 * sum(a == b for a, b in zip(mine, ntp)) / len(ntp), 1)
     minutes = (time.time() - t0) / 60
     measured_cross = {name: crossover({r["batch_size"]: r["speedup"] for r in rows if r["strategy"] == name})
-                      for name, _, _ in strategies}
+                      for name, _, _, _ in strategies}
     model_table = modelled(strategies, tallies_by_b, args.model_batch_sizes)
 
     os.makedirs(args.out_dir, exist_ok=True)

@@ -141,9 +141,27 @@ def model_from_checkpoint(ckpt, device="cpu"):
 
 
 def load_for_decoding(path, device, kinds=CHECKPOINT_KINDS):
-    """(model, tokenizer, checkpoint dict) of a checkpoint, ready to decode."""
+    """(model, tokenizer, checkpoint dict) of a checkpoint, ready to decode: its logits cover
+    the tokenizer's ids only (emit_only)."""
     ckpt = load_checkpoint(path, kinds=kinds, device=device)
-    return model_from_checkpoint(ckpt, device), tokenizer_from_checkpoint(ckpt), ckpt
+    enc = tokenizer_from_checkpoint(ckpt)
+    return emit_only(model_from_checkpoint(ckpt, device), enc.n_vocab), enc, ckpt
+
+
+def emit_only(model, n_vocab):
+    """Cut `model`'s logits to the first n_vocab ids, the tokenizer's, once for every decoding
+    strategy: the vocabulary is padded to a multiple of 64 and a student's <MTP> masks take the
+    first free slots (model.add_mask_token), and none of those may ever be emitted. A forward
+    hook, so the model stays as it is; applying it again only sets n_vocab. Returns the model."""
+    if not hasattr(model, "n_emit"):
+        model.register_forward_hook(cut_logits)
+    model.n_emit = n_vocab
+    return model
+
+
+def cut_logits(model, inputs, output):  # emit_only's hook (a module-level function: bench workers pickle it)
+    logits, loss = output
+    return logits[..., :model.n_emit], loss
 
 
 def check_same_tokenizer(ckpt, other, path, other_path):

@@ -14,11 +14,17 @@ per pass with its <MTP> masks (static k, ConfAdapt); speculative decoding lets a
 proposer draft tokens that the model deciding the output verifies in one pass (lossless).
 Every strategy feeds its model through `forward_new`, which keeps the KV cache holding a
 prefix of the accepted tokens, so throwing away masks or rejected drafts is a `cache.truncate`.
+What a strategy decides after a pass (how many tokens ConfAdapt emits, which drafts stand, how
+many fit) is one function each, below the strategies; batched.py calls the same ones.
+
+The models' logits cover the tokenizer's ids only: `common.load_for_decoding` cuts off the
+vocabulary's padding and the student's <MTP> masks (`common.emit_only`), so no strategy can
+emit them. `--compile` runs the same strategies on compiled models (compiled.py).
 """
 import argparse
+import math
 import sys
 import time
-import types
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -29,6 +35,7 @@ from common import (HelpFormatter, UserError, check_flags, check_same_tokenizer,
 from data.problems import format_prompt
 from data.tokenizer import EOT
 from experiments import calibrated_confidence, run_confidence
+from compiled import CompiledDecoder
 from model import KVCache
 
 
@@ -60,8 +67,8 @@ class Generation:
 
 
 @torch.no_grad()
-def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature=0.0, top_k=None,
-                 use_cache=True, generator=None):
+def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, temperature=0.0, top_k=None, use_cache=True,
+                 generator=None):
     """Next-token prediction: one token per forward pass, until EOS, max_new_tokens or a full context.
     With the cache each pass feeds only the newest token; without it every pass re-reads the
     whole sequence: the same tokens, much more work."""
@@ -74,7 +81,7 @@ def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature
         else:
             logits = model(torch.tensor([seq], device=model.lm_head.weight.device))[0][0, -1]
         out.n_forward += 1
-        token = pick_token(logits, temperature, top_k, n_vocab, generator)
+        token = pick_token(logits, temperature, top_k, generator)
         if out.emit([token], eos_id, max_new_tokens):
             break
         seq.append(token)
@@ -82,7 +89,7 @@ def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, temperature
 
 
 @torch.no_grad()
-def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_ids, k, tau=None, bidirectional=False,
+def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, mask_ids, k, tau=None, bidirectional=False,
                  confidence=None):
     """Multi-token prediction with the student's <MTP> masks (paper Sec. 3.4 and 4.5-4.6).
 
@@ -91,31 +98,24 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_ids, k
     k greedy predictions from the last k positions (the last real token predicts token 1,
     mask j predicts token j+1). Static k (tau=None) emits all k. ConfAdapt(tau) emits the
     longest leading run whose confidence, the largest probability, is >= tau, and always at
-    least one token. (`confidence`, a function of the pass's scores, replaces that measure:
-    the experiments of experiments.py.)
+    least one token (confadapt_emits). (`confidence`, a function of the pass's scores, replaces
+    that measure: the experiments of experiments.py.)
     The masks' cache entries are stale once their tokens are known, so the cache is cut back
     to the last real token; the accepted tokens are fed as real tokens on the next pass.
     `bidirectional`: the student was distilled with masks that see each other both ways."""
     check_prompt(prompt_ids, model)
-    check_k(k, model)
-    check_masks(mask_ids, k)
-    if tau is not None and not 0 < tau <= 1:
-        raise UserError(f"tau must be in (0, 1], got {tau}")
+    check_k(k, model, mask_ids=mask_ids, tau=tau)
     cache = new_cache(model)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < model.config.block_size:
-        n_masks = min(k, model.config.block_size - len(seq)) - 1  # emitted tokens stay inside the context
-        logits = forward_new(model, cache, seq, mask_ids[:n_masks], bidirectional)  # (n_masks + 1, vocab_size)
+        n_masks = min(k - 1, room(len(seq), model.config.block_size))  # emitted tokens stay inside the context
+        logits = forward_new(model, cache, seq, mask_ids[:n_masks], bidirectional)  # (n_masks + 1, n_vocab)
         out.n_forward += 1
         cache.truncate(len(seq))  # forget the masks' keys/values
-        scores = logits[:, :n_vocab].float()  # (n_masks + 1, n_vocab)
+        scores = logits.float()
         probability, tokens = torch.softmax(scores, dim=-1).max(dim=-1)  # (n_masks + 1,)
-        n_emit = n_masks + 1
-        if tau is not None:  # ConfAdapt: stop before the first position below tau
-            sure = probability if confidence is None else confidence(scores)  # (n_masks + 1,)
-            below = (sure < tau).nonzero()
-            n_emit = max(1, int(below[0]) if len(below) else n_emit)
-        chunk = tokens[:n_emit].tolist()
+        sure = probability if confidence is None else confidence(scores)
+        chunk = tokens[:confadapt_emits(sure, tau)].tolist()
         if out.emit(chunk, eos_id, max_new_tokens):
             break
         seq += chunk
@@ -123,31 +123,33 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_ids, k
 
 
 @torch.no_grad()
-def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vocab, gamma, temperature=0.0,
-                         top_k=None, generator=None):
+def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, gamma, temperature=0.0, top_k=None,
+                         generator=None):
     """Speculative decoding (Leviathan et al. 2023): the small draft model proposes gamma tokens
-    one pass each, the target verifies all of them in one pass (accept_drafts). Lossless: at
-    temperature 0 the output is the target's greedy output, above it the target's distribution.
-    Both caches hold a prefix of the accepted sequence; rejected drafts are cut off."""
+    one pass each, the target verifies all of them in one pass. Lossless: at temperature 0 the
+    output is the target's greedy output (accept_greedy), above it the target's distribution
+    (accept_sampled). Both caches hold a prefix of the accepted sequence; rejected drafts are cut off."""
     check_prompt(prompt_ids, target)
     check_k(gamma, target, "gamma")
-    if draft.config.block_size < target.config.block_size:
-        raise UserError("the draft model's context is shorter than the target's: train it with the same block_size")
+    check_draft(target, draft)
     t_cache, d_cache = new_cache(target), new_cache(draft)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < target.config.block_size:
-        g = min(gamma, target.config.block_size - len(seq) - 1, max_new_tokens - len(out.tokens) - 1)
+        g = min(gamma, room(len(seq), target.config.block_size, max_new_tokens - len(out.tokens)))
         drafts, draft_probs = [], []
         for _ in range(g):  # the draft feeds its last draft and, after a full acceptance, the token after it
             logits = forward_new(draft, d_cache, seq + drafts)[-1]
             out.n_draft_forward += 1
-            q = token_probs(logits, temperature, top_k, n_vocab) if temperature > 0 else None  # (n_vocab,)
+            q = token_probs(logits, temperature, top_k) if temperature > 0 else None  # (n_vocab,)
             drafts.append(int(torch.multinomial(q, 1, generator=generator)) if temperature > 0
-                          else int(torch.argmax(logits[:n_vocab])))
+                          else int(torch.argmax(logits)))
             draft_probs.append(q)
-        logits = forward_new(target, t_cache, seq, drafts)  # (g + 1, V)
+        logits = forward_new(target, t_cache, seq, drafts)  # (g + 1, n_vocab)
         out.n_forward += 1
-        n, token = accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, generator)
+        if temperature == 0:
+            n, token = accept_greedy(drafts, logits.argmax(-1).tolist())
+        else:
+            n, token = accept_sampled(logits, drafts, draft_probs, temperature, top_k, generator)
         t_cache.truncate(len(seq) + n)                       # roll back the rejected drafts
         d_cache.truncate(min(d_cache.length, len(seq) + n))
         chunk = drafts[:n] + [token]
@@ -158,30 +160,29 @@ def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, n_vo
 
 
 @torch.no_grad()
-def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_ids, k):
+def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, mask_ids, k):
     """Self-speculative MTP (blockwise parallel decoding, Stern et al. 2018; one of the paper's
     directions for future research, Sec. 6). One pass of the student feeds: the new real tokens,
     the drafts its masks made last pass, and k-1 fresh masks. Its next-token predictions at the
     real and draft positions verify the drafts (greedy acceptance); if all stand, the masks,
-    which sit after the last draft, are the next drafts. Lossless: the output is the student's own k=1 greedy output."""
+    which sit after the last draft, are the next drafts (next_drafts). Lossless: the output is
+    the student's own k=1 greedy output."""
     check_prompt(prompt_ids, model)
-    check_k(k, model)
-    check_masks(mask_ids, k)
+    check_k(k, model, mask_ids=mask_ids)
     cache = new_cache(model)
     out, seq, drafts = Generation(tokens=[]), list(prompt_ids), []
     while len(seq) < model.config.block_size:
-        room = min(model.config.block_size - len(seq), max_new_tokens - len(out.tokens)) - 1  # drafts + masks
-        drafts = drafts[:room]
-        n_masks = min(k - 1, room - len(drafts))
-        logits = forward_new(model, cache, seq, drafts + mask_ids[:n_masks])  # (len(drafts) + n_masks + 1, V)
+        space = room(len(seq), model.config.block_size, max_new_tokens - len(out.tokens))  # drafts + masks
+        drafts = drafts[:space]
+        n_masks = min(k - 1, space - len(drafts))
+        logits = forward_new(model, cache, seq, drafts + mask_ids[:n_masks])  # (len(drafts) + n_masks + 1, n_vocab)
         out.n_forward += 1
-        n, token = accept_drafts(logits[:len(drafts) + 1], drafts, None, 0, None, n_vocab)
+        verdict = logits.argmax(-1).tolist()  # after the last real token, each draft, each mask
+        n, token = accept_greedy(drafts, verdict)
         cache.truncate(len(seq) + n)  # keep the accepted drafts, forget rejected ones and the masks
         chunk = drafts[:n] + [token]
         done = out.emit(chunk, eos_id, max_new_tokens, drafted=len(drafts), accepted=n)
-        # The masks predicted what follows token 1 after the last draft, i.e. after `token`;
-        # that holds only if every draft stood. Otherwise the next pass drafts afresh.
-        drafts = logits[len(drafts) + 1:, :n_vocab].argmax(-1).tolist() if n == len(drafts) else []
+        drafts = next_drafts(verdict, len(drafts), n)
         if done:
             break
         seq += chunk
@@ -189,26 +190,25 @@ def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, n_vocab
 
 
 @torch.no_grad()
-def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id, n_vocab, mask_ids, k):
+def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id, mask_ids, k):
     """MTP-drafted speculative decoding: the student drafts k tokens in ONE pass (its last real
     token and k-1 masks), the teacher verifies them in one pass. Lossless: the output is the
     teacher's greedy output; the student only decides how many passes it takes."""
     check_prompt(prompt_ids, target)
-    check_k(k, target)
-    check_masks(mask_ids, k)
+    check_k(k, target, mask_ids=mask_ids)
     t_cache, s_cache = new_cache(target), new_cache(student)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < target.config.block_size:
-        g = min(k, target.config.block_size - len(seq) - 1, max_new_tokens - len(out.tokens) - 1)
+        g = min(k, room(len(seq), target.config.block_size, max_new_tokens - len(out.tokens)))
         drafts = []
         if g > 0:  # the student feeds <= k + 1 new tokens and k-1 masks
-            s_logits = forward_new(student, s_cache, seq, mask_ids[:g - 1])  # (g, vocab_size)
+            s_logits = forward_new(student, s_cache, seq, mask_ids[:g - 1])  # (g, n_vocab)
             out.n_draft_forward += 1
             s_cache.truncate(len(seq))  # the masks are stale
-            drafts = s_logits[:, :n_vocab].argmax(-1).tolist()
-        logits = forward_new(target, t_cache, seq, drafts)  # (g + 1, V)
+            drafts = s_logits.argmax(-1).tolist()
+        logits = forward_new(target, t_cache, seq, drafts)  # (g + 1, n_vocab)
         out.n_forward += 1
-        n, token = accept_drafts(logits, drafts, None, 0, None, n_vocab)
+        n, token = accept_greedy(drafts, logits.argmax(-1).tolist())
         t_cache.truncate(len(seq) + n)
         chunk = drafts[:n] + [token]
         if out.emit(chunk, eos_id, max_new_tokens, drafted=g, accepted=n):
@@ -218,101 +218,37 @@ def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id
 
 
 # --------------------------------------------------------------------------------------
-# What the strategies share: the cache, verifying drafts, picking a token, checks.
+# The decisions a strategy takes after a pass, the same for one sequence (here) and for each
+# row of a batch (batched.py calls these).
 
-def new_cache(model):
-    """An empty KV cache for one generation, on the model's device and in its dtype."""
-    return KVCache(model.config, 1, model.lm_head.weight.device, model.lm_head.weight.dtype)
-
-
-def forward_new(model, cache, seq, extra=(), bidirectional=False):
-    """The one piece of KV-cache logic every strategy shares. The cache holds the keys/values
-    of the first cache.length tokens of `seq` (accepted tokens); feed the rest of `seq`, then
-    `extra` (drafts or <MTP> masks), at the positions that follow. Returns the logits of the
-    last len(extra) + 1 tokens, (len(extra) + 1, vocab_size): row j predicts the token after
-    seq + extra[:j]. Rolling back rejected drafts or stale masks is then `cache.truncate(...)`.
-    The attention is causal, unless `bidirectional`: then the extra tokens also see each other
-    both ways (the masks of a student distilled with --bidirectional, read as it was trained)."""
-    start, tokens = cache.length, seq[cache.length:] + list(extra)
-    n = len(tokens)
-    device = cache.k.device
-    idx = torch.tensor([tokens], device=device)               # (1, n)
-    pos = torch.arange(start, start + n, device=device)       # (n,)
-    attn_mask = None  # the model's default: each token sees the slots up to its own position
-    if bidirectional and len(extra) > 1:
-        attn_mask = torch.arange(start + n, device=device) <= pos[:, None]  # (n, start + n)
-        attn_mask[n - len(extra):, start + n - len(extra):] = True  # the extra block sees itself whole
-    logits, _ = model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
-    cache.length = start + n
-    return logits[0, n - len(extra) - 1:]
+def confadapt_emits(confidence, tau):
+    """How many of a pass's predictions to emit, given their confidences (n,). ConfAdapt(tau)
+    (Sec. 4.6): the leading run whose confidence is >= tau, and always at least one token, so
+    every pass makes progress. tau=None: static k, all of them."""
+    if tau is None:
+        return len(confidence)
+    below = (confidence < tau).nonzero()
+    return max(1, int(below[0]) if len(below) else len(confidence))
 
 
-class CompiledDecoder:
-    """A model for the strategies whose cached passes run through torch.compile, the way
-    gpt-fast compiles its decode step: from outside, so the strategies stay as they are
-    (decode.py --compile, bench.py --compile). torch.compile reuses a graph only for the
-    shapes it was compiled for, so each pass is padded to the narrowest of COMPILED_WIDTHS
-    that holds it: a handful of graphs per model. The padding sits after the pass's tokens,
-    which never see it, and later passes write over its cache slots. A pass without a cache,
-    a wider one (the prompt) or one that would pad past the context runs the model as it is.
-    The tokens are the plain model's, except where rounding decides a near tie. One sequence
-    at a time (positions of shape (T,)); batched.py's passes run the plain model."""
-
-    def __init__(self, model):
-        self.model, self.config, self.lm_head = model, model.config, model.lm_head
-        self.num_params = model.num_params
-        self.graphs = {}  # width -> the model's forward compiled for passes of that many tokens
-
-    def __call__(self, idx, pos=None, attn_mask=None, cache=None):
-        T, block_size = idx.size(1), self.config.block_size
-        width = next((w for w in COMPILED_WIDTHS if w >= T), None)
-        if cache is None or width is None or int(pos[0]) + width > block_size:
-            return self.model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
-        pos = torch.arange(int(pos[0]), int(pos[0]) + width, device=idx.device)       # (width,)
-        idx = torch.cat([idx, idx.new_zeros(1, width - T)], dim=1)                     # (1, width)
-        # Fixed shapes: the keys are the whole cache; each token sees the slots up to its own
-        # position, or what the pass's own mask (T, n_keys) says.
-        full_mask = torch.arange(block_size, device=idx.device) <= pos[:, None]         # (width, block_size)
-        if attn_mask is not None:
-            full_mask[:T, :attn_mask.size(-1)] = attn_mask
-        logits, loss = self.graph(width)(idx, pos, full_mask, cache)
-        return logits[:, :T], loss
-
-    def graph(self, width):
-        """Dynamo keeps the graphs it compiled for one function together and checks them in turn
-        on every call; with a bench's models and widths, that check would cost more than a small
-        model's pass. A copy of the function per model and width keeps it to one graph and one check."""
-        if width not in self.graphs:
-            def forward(idx, pos, attn_mask, cache):
-                return self.model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
-            code = forward.__code__.replace(co_name=f"forward_width_{width}")
-            self.graphs[width] = torch.compile(types.FunctionType(code, forward.__globals__,
-                                                                  closure=forward.__closure__), dynamic=False)
-        return self.graphs[width]
-
-    def __getstate__(self):  # compiled graphs do not pickle: a bench worker compiles its own
-        return {**self.__dict__, "graphs": {}}
+def accept_greedy(drafts, verdict):
+    """Greedy verification. `verdict`: the verifier's greedy token after the last real token and
+    after each draft (len(drafts) + 1). Returns (accepted, next_token): how many leading drafts
+    equal the verifier's own choice, and its token after them (a correction, or a bonus token
+    when all stood). The output is then the verifier's greedy output, token for token."""
+    n = 0
+    while n < len(drafts) and drafts[n] == verdict[n]:
+        n += 1
+    return n, verdict[n]
 
 
-COMPILED_WIDTHS = (1, 2, 4, 8, 16)  # the widest: a student's k_max of 8, its k-1 masks after up to k new tokens
-
-
-def accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, generator=None):
-    """Verify drafts with the target's logits (len(drafts) + 1, vocab_size), row j being the
-    target's prediction after the drafts before j. Returns (accepted, next_token): how many
-    leading drafts stand, and the target's own token after them (a correction, or a bonus
-    token when all were accepted).
-    Greedy: a draft stands if it is the target's argmax, so the output is the target's
-    greedy output. Sampling (Leviathan et al. 2023, Alg. 1): draft d, drawn from q, stands
-    with probability min(1, p(d) / q(d)); at the first rejection the token is drawn from
-    norm(max(0, p - q)). Every emitted token is then distributed exactly as p."""
-    if temperature == 0:
-        target = logits[:, :n_vocab].argmax(-1).tolist()
-        n = 0
-        while n < len(drafts) and drafts[n] == target[n]:
-            n += 1
-        return n, target[n]
-    p = token_probs(logits, temperature, top_k, n_vocab)  # (len(drafts) + 1, n_vocab)
+def accept_sampled(logits, drafts, draft_probs, temperature, top_k, generator=None):
+    """Verification by rejection sampling (Leviathan et al. 2023, Alg. 1). logits: the verifier's
+    (len(drafts) + 1, n_vocab), row j after the drafts before j; draft_probs: the distribution q
+    each draft was drawn from. Draft d stands with probability min(1, p(d) / q(d)); at the first
+    rejection the token is drawn from norm(max(0, p - q)). Every emitted token is then
+    distributed exactly as p. Returns (accepted, next_token), as accept_greedy."""
+    p = token_probs(logits, temperature, top_k)  # (len(drafts) + 1, n_vocab)
     for j, (d, q) in enumerate(zip(drafts, draft_probs)):
         if torch.rand((), device=p.device, generator=generator) * q[d] < p[j, d]:  # r < p(d) / q(d)
             continue
@@ -322,22 +258,75 @@ def accept_drafts(logits, drafts, draft_probs, temperature, top_k, n_vocab, gene
     return len(drafts), int(torch.multinomial(p[-1], 1, generator=generator))
 
 
-def token_probs(logits, temperature, top_k, n_vocab):
-    """The sampling distribution (..., n_vocab): softmax(logits / temperature) over the top_k
-    tokens. Ids from n_vocab on are padding slots (and the <MTP> mask): never emitted."""
-    logits = logits[..., :n_vocab].float() / temperature
+def next_drafts(verdict, n_drafts, accepted):
+    """Self-speculative decoding: the masks' predictions (verdict after the drafts' places) follow
+    the last draft, i.e. the verifier's token after it; they hold only if every draft stood.
+    Otherwise the next pass drafts afresh."""
+    return verdict[n_drafts + 1:] if accepted == n_drafts else []
+
+
+def room(seq_len, block_size, left=math.inf):
+    """How many tokens a pass may feed after the last real token (drafts, masks). The context
+    must hold what they could emit (one more than their number: a pass also emits the last real
+    token's prediction), and with `left` tokens still to emit, none is fed beyond what can be."""
+    return min(block_size - seq_len, left) - 1
+
+
+def token_probs(logits, temperature, top_k):
+    """The sampling distribution (..., n_vocab): softmax(logits / temperature) over the top_k tokens."""
+    logits = logits.float() / temperature
     if top_k is not None:
-        kth = torch.topk(logits, min(top_k, n_vocab), dim=-1).values[..., -1:]
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     return torch.softmax(logits, dim=-1)
 
 
-def pick_token(logits, temperature, top_k, n_vocab, generator=None):
-    """The next token from (vocab_size,) logits: argmax at temperature 0, else a sample."""
+def pick_token(logits, temperature, top_k, generator=None):
+    """The next token from (n_vocab,) logits: argmax at temperature 0, else a sample."""
     if temperature == 0:
-        return int(torch.argmax(logits[:n_vocab]))
-    return int(torch.multinomial(token_probs(logits, temperature, top_k, n_vocab), 1, generator=generator))
+        return int(torch.argmax(logits))
+    return int(torch.multinomial(token_probs(logits, temperature, top_k), 1, generator=generator))
 
+
+# --------------------------------------------------------------------------------------
+# The cache: every strategy feeds its models through forward_new.
+
+def new_cache(model):
+    """An empty KV cache for one generation, on the model's device and in its dtype."""
+    return KVCache(model.config, 1, model.lm_head.weight.device, model.lm_head.weight.dtype)
+
+
+def forward_new(model, cache, seq, extra=(), bidirectional=False):
+    """The one piece of KV-cache logic every strategy shares. The cache holds the keys/values
+    of the first cache.length tokens of `seq` (accepted tokens); feed the rest of `seq`, then
+    `extra` (drafts or <MTP> masks), at the positions that follow (the pass moves cache.length
+    past them). Returns the logits of the last len(extra) + 1 tokens, (len(extra) + 1, n_vocab):
+    row j predicts the token after seq + extra[:j]. Rolling back rejected drafts or stale masks
+    is then `cache.truncate(...)`. The attention is causal, unless `bidirectional`: then the
+    extra tokens also see each other both ways (the masks of a student distilled with
+    --bidirectional, read as it was trained)."""
+    start, tokens = cache.length, seq[cache.length:] + list(extra)
+    n = len(tokens)
+    device = cache.k.device
+    idx = torch.tensor([tokens], device=device)               # (1, n)
+    pos = torch.arange(start, start + n, device=device)       # (n,)
+    attn_mask = None  # the model's default: each token sees the slots up to its own position
+    if bidirectional and len(extra) > 1:
+        attn_mask = torch.arange(start + n, device=device) <= pos[:, None]  # (n, start + n)
+        see_each_other(attn_mask, len(extra), n, start + n)
+    logits, _ = model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
+    return logits[0, n - len(extra) - 1:]
+
+
+def see_each_other(attn_mask, n, fed, end):
+    """Let the last n of the `fed` tokens of a pass, whose keys end at slot `end`, see each other
+    both ways: the block of a --bidirectional student, as distillation showed it (model.mtp_layout).
+    attn_mask (fed or more, end or more) bool, changed in place."""
+    attn_mask[fed - n:fed, end - n:end] = True
+
+
+# --------------------------------------------------------------------------------------
+# Checks: a bad setting gets one sentence, before any pass.
 
 def check_prompt(prompt_ids, model):
     if len(prompt_ids) == 0:
@@ -347,16 +336,21 @@ def check_prompt(prompt_ids, model):
                         f"{model.config.block_size}: shorten the prompt")
 
 
-def check_masks(mask_ids, k):
-    if len(mask_ids) < k - 1:
-        raise UserError(f"k={k} reads k-1 masks, but {len(mask_ids)} mask ids were given")
-
-
-def check_k(k, model, name="k"):
+def check_k(k, model, name="k", mask_ids=None, tau=None):
+    """k (or gamma) positions per pass; with mask_ids, the k-1 masks they read; ConfAdapt's tau."""
     if k < 1:
         raise UserError(f"{name} must be >= 1, got {k}")
     if k >= model.config.block_size:
         raise UserError(f"{name}={k} does not fit the model's context of {model.config.block_size} tokens")
+    if mask_ids is not None and len(mask_ids) < k - 1:
+        raise UserError(f"k={k} reads k-1 masks, but {len(mask_ids)} mask ids were given")
+    if tau is not None and not 0 < tau <= 1:
+        raise UserError(f"tau must be in (0, 1], got {tau}")
+
+
+def check_draft(target, draft):
+    if draft.config.block_size < target.config.block_size:
+        raise UserError("the draft model's context is shorter than the target's: train it with the same block_size")
 
 
 # --------------------------------------------------------------------------------------
@@ -420,57 +414,43 @@ def parse_args():
 def main(args):
     device = pick_device(args.device)
     model, enc, ckpt = load_for_decoding(args.ckpt, device)
-    compiled = CompiledDecoder if args.compile else (lambda m: m)
-    if args.draft and ckpt["kind"] != "teacher":
-        raise UserError(f"--draft needs a teacher as --ckpt, but {args.ckpt} is a {ckpt['kind']}")
-    if args.self_speculative and ckpt["kind"] != "student":
-        raise UserError(f"--self-speculative needs a student as --ckpt, but {args.ckpt} is a {ckpt['kind']}")
-    if args.self_speculative and ckpt["bidirectional"]:
-        raise UserError(f"{args.ckpt} was distilled with --bidirectional blocks; self-speculative decoding drafts "
-                        f"with causal ones: use ConfAdapt or static k with it")
+    drafter, dckpt = None, None
+    if args.draft:
+        drafter, _, dckpt = load_for_decoding(args.draft, device, kinds=("draft", "student"))
+    check_decode_flags(args, ckpt, dckpt)
+    if args.compile:
+        model, drafter = CompiledDecoder(model), drafter and CompiledDecoder(drafter)
     text = args.prompt if args.raw else format_prompt(args.prompt.strip())
     prompt_ids = enc.encode_ordinary(text) if args.prompt.strip() else []
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    shared = dict(prompt_ids=prompt_ids, max_new_tokens=args.max_new_tokens, eos_id=eos_id, n_vocab=enc.n_vocab)
+    shared = dict(prompt_ids=prompt_ids, max_new_tokens=args.max_new_tokens, eos_id=eos_id)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, generator=generator)
+    greedy_or_t = "greedy" if args.temperature == 0 else f"temperature {args.temperature}"
 
     t0 = time.time()
-    if args.draft:
-        drafter, _, dckpt = load_for_decoding(args.draft, device, kinds=("draft", "student"))
-        check_same_tokenizer(ckpt, dckpt, args.ckpt, args.draft)
-        if dckpt["kind"] == "student":
-            if dckpt["bidirectional"]:
-                raise UserError(f"{args.draft} was distilled with --bidirectional blocks; MTP-drafted speculative "
-                                f"decoding drafts with causal ones: draft with a causal student")
-            k = student_k(args.k, dckpt, args.draft)
-            out = generate_mtp_speculative(compiled(model), compiled(drafter), mask_ids=student_mask_ids(dckpt), k=k,
-                                           **shared)
-            how = f"MTP-drafted speculative, student drafts k={k} per pass"
-        else:
-            out = generate_speculative(compiled(model), compiled(drafter), gamma=args.gamma, temperature=args.temperature,
-                                       top_k=args.top_k, generator=generator, **shared)
-            how = f"speculative, gamma={args.gamma}, " + ("greedy" if args.temperature == 0 else
-                                                          f"temperature {args.temperature}")
-    elif ckpt["kind"] == "student":
+    if dckpt is not None and dckpt["kind"] == "student":
+        k = student_k(args.k, dckpt, args.draft)
+        out = generate_mtp_speculative(model, drafter, mask_ids=student_mask_ids(dckpt), k=k, **shared)
+        how = f"MTP-drafted speculative, student drafts k={k} per pass"
+    elif dckpt is not None:
+        out = generate_speculative(model, drafter, gamma=args.gamma, **sampling, **shared)
+        how = f"speculative, gamma={args.gamma}, {greedy_or_t}"
+    elif args.self_speculative:
         k = student_k(args.k, ckpt, args.ckpt)
-        if args.self_speculative:
-            out = generate_self_speculative(compiled(model), mask_ids=student_mask_ids(ckpt), k=k, **shared)
-            how = f"self-speculative, k={k}"
-        else:
-            if args.calibrated and ckpt["temperatures"] is None:
-                raise UserError(f"{args.ckpt} has no fitted temperatures (it was distilled before they were): "
-                                f"drop --calibrated, or distill it again")
-            confidence = (partial(calibrated_confidence, temperatures=ckpt["temperatures"]) if args.calibrated
-                          else run_confidence if args.gate == "run" else None)
-            out = generate_mtp(compiled(model), mask_ids=student_mask_ids(ckpt), k=k,
-                               tau=None if args.static else args.tau, bidirectional=ckpt["bidirectional"],
-                               confidence=confidence, **shared)
-            how = (f"static k={k}" if args.static else f"ConfAdapt tau={args.tau} ({args.gate} gate"
-                   + (", calibrated" if args.calibrated else "") + f"), k_max={k}")
+        out = generate_self_speculative(model, mask_ids=student_mask_ids(ckpt), k=k, **shared)
+        how = f"self-speculative, k={k}"
+    elif ckpt["kind"] == "student":
+        k, tau = student_k(args.k, ckpt, args.ckpt), None if args.static else args.tau
+        confidence = (partial(calibrated_confidence, temperatures=ckpt["temperatures"]) if args.calibrated
+                      else run_confidence if args.gate == "run" else None)
+        out = generate_mtp(model, mask_ids=student_mask_ids(ckpt), k=k, tau=tau, bidirectional=ckpt["bidirectional"],
+                           confidence=confidence, **shared)
+        how = (f"static k={k}" if args.static else f"ConfAdapt tau={args.tau} ({args.gate} gate"
+               + (", calibrated" if args.calibrated else "") + f"), k_max={k}")
     else:
-        out = generate_ntp(compiled(model), temperature=args.temperature, top_k=args.top_k, use_cache=not args.no_cache,
-                           generator=generator, **shared)
-        how = "NTP " + ("greedy" if args.temperature == 0 else f"sampling at temperature {args.temperature}")
+        out = generate_ntp(model, use_cache=not args.no_cache, **sampling, **shared)
+        how = f"NTP {greedy_or_t}"
     elapsed = time.time() - t0
     print(text + (show_chunks(enc, out, eos_id) if args.show_chunks
                   else enc.decode([t for t in out.tokens if t != eos_id])))
@@ -479,6 +459,25 @@ def main(args):
     print(f"\n[{how}: {len(out.tokens)} tokens in {out.n_forward} forward passes = "
           f"{out.tokens_per_forward:.2f} tokens/forward (effective k){drafts}, "
           f"{len(out.tokens) / elapsed:.0f} tokens/s on {device}]", file=sys.stderr)
+
+
+def check_decode_flags(args, ckpt, dckpt):
+    """Refuse the combinations of checkpoints and flags that cannot decode, in one sentence each."""
+    if args.draft and ckpt["kind"] != "teacher":
+        raise UserError(f"--draft needs a teacher as --ckpt, but {args.ckpt} is a {ckpt['kind']}")
+    if dckpt is not None:
+        check_same_tokenizer(ckpt, dckpt, args.ckpt, args.draft)
+        if dckpt["kind"] == "student" and dckpt["bidirectional"]:
+            raise UserError(f"{args.draft} was distilled with --bidirectional blocks; MTP-drafted speculative "
+                            f"decoding drafts with causal ones: draft with a causal student")
+    if args.self_speculative and ckpt["kind"] != "student":
+        raise UserError(f"--self-speculative needs a student as --ckpt, but {args.ckpt} is a {ckpt['kind']}")
+    if args.self_speculative and ckpt["bidirectional"]:
+        raise UserError(f"{args.ckpt} was distilled with --bidirectional blocks; self-speculative decoding drafts "
+                        f"with causal ones: use ConfAdapt or static k with it")
+    if args.calibrated and ckpt["kind"] == "student" and ckpt["temperatures"] is None:
+        raise UserError(f"{args.ckpt} has no fitted temperatures (it was distilled before they were): "
+                        f"drop --calibrated, or distill it again")
 
 
 if __name__ == "__main__":

@@ -133,89 +133,61 @@ def distill_loss(student, teacher, x, y, k, points, mask_ids, n_vocab, prefix_lo
     """The paper's critic loss with a hard teacher, plus our prefix loss.
     x, y: (B, N) ground-truth inputs and next tokens; k: tokens per block; points: (M,)
     prediction points; mask_ids: the student's masks by block offset (k-1 of them are used);
-    prefix_loss: the weight of plain NTP on the ground truth (0: the paper).
-    Returns (loss, stats): the agreement of the rollout with the targets by block position,
-    (k,), the student's mean entropy, and its block logits and targets (for fit_temperatures)."""
-    N = x.size(1)
-    logits, s_logits, layout = student_blocks(student, x, k, points, mask_ids, n_vocab)  # (B, L, V), (B, M, k, V)
-    rollout = s_logits.argmax(-1)                                      # (B, M, k), no gradient through it
-    t_logits, _ = teacher_scores(teacher, x, rollout, layout, n_vocab)  # (B, M, k, V)
-    targets = t_logits.argmax(-1)  # the teacher's own next token after the true prefix + y'_1..y'_j
-    log_probs = F.log_softmax(s_logits.float(), dim=-1)                # (B, M, k, V)
-    loss = F.nll_loss(log_probs.view(-1, n_vocab), targets.reshape(-1))
-    if prefix_loss > 0:  # keep plain NTP on the ground truth (docs/notebook.md: the student forgets without it)
-        loss = loss + prefix_loss * F.cross_entropy(logits[:, :N].float().reshape(-1, logits.size(-1)),
-                                                    y.reshape(-1))
-    return loss, rollout_stats(rollout, targets, log_probs, s_logits)
+    n_vocab: the tokenizer's ids, which a block's tokens are; prefix_loss: the weight of plain
+    NTP on the ground truth (0: the paper). The paper's ablations are this loss with one piece
+    swapped (ablations.py). Returns (loss, stats: rollout_stats)."""
+    logits, blocks = student_blocks(student, x, k, points, mask_ids, n_vocab)  # (B, L, V), (B, M, k, n_vocab)
+    rollout = blocks.argmax(-1)                                                # (B, M, k), no gradient through it
+    targets = critic(teacher, x, rollout, points, n_vocab)[1].argmax(-1)  # the teacher's next token after x + y'
+    loss = F.cross_entropy(blocks.flatten(0, 2).float(), targets.flatten())
+    if prefix_loss > 0:
+        loss = loss + prefix_loss * prefix_cross_entropy(logits, y)
+    return loss, rollout_stats(rollout, targets, blocks)
 
 
 def student_blocks(student, x, k, points, mask_ids, n_vocab, bidirectional=False):
     """The student's pass over the layout: x, then a block of k-1 masks per prediction point.
-    Returns its logits (B, L, V), its predictions for each block (B, M, k, n_vocab), read at i_m
-    and at the block's masks, and the layout (pos, mask, read) on x's device."""
-    B, device = x.size(0), x.device
-    pos, mask, read = (t.to(device) for t in mtp_layout(x.size(1), k, points, bidirectional))
-    masks = torch.tensor(list(mask_ids[:k - 1]) * len(points), dtype=x.dtype, device=device)
-    masks = masks.expand(B, -1)  # (B, M (k-1)): block after block
-    logits, _ = student(torch.cat([x, masks], dim=1), pos=pos, attn_mask=mask)  # (B, L, V)
-    return logits, logits[:, read][..., :n_vocab], (pos, mask, read)
+    Returns its logits (B, L, V) and its predictions for each block, (B, M, k, n_vocab), read at
+    i_m and at the block's masks."""
+    masks = torch.tensor(mask_ids[:k - 1], dtype=x.dtype, device=x.device).expand(x.size(0), len(points), k - 1)
+    logits, blocks = read_layout(student, x, masks, mtp_layout(x.size(1), k, points, bidirectional))  # masks (B, M, k-1)
+    return logits, blocks[..., :n_vocab]
 
 
 @torch.no_grad()
-def teacher_scores(teacher, x, rollout, layout, n_vocab):
-    """The critic: the frozen teacher reads the layout with each block's masks replaced by the
-    student's rollout y'_1 .. y'_{k-1}; its logits at i_m and at y'_j score token j+1.
-    Returns them, (B, M, k, n_vocab) in fp32, and its logits at every slot, (B, L, V)."""
-    pos, mask, read = layout
-    B, M, k = rollout.shape
-    proposed = rollout[:, :, :k - 1].reshape(B, M * (k - 1))  # y'_1 .. y'_{k-1} in the mask slots
-    t_all, _ = teacher(torch.cat([x, proposed], dim=1), pos=pos, attn_mask=mask)  # (B, L, V)
-    return t_all[:, read][..., :n_vocab].float(), t_all
+def critic(teacher, x, rollout, points, n_vocab):
+    """The frozen teacher reads the layout with each block's masks replaced by the student's
+    rollout y'_1 .. y'_{k-1}, causally (an NTP model; were the student's masks bidirectional, it
+    would otherwise see the tokens it scores): its logits at i_m and at y'_j score token j+1.
+    Returns its logits at every slot, (B, L, V), and at the blocks, (B, M, k, n_vocab) in fp32."""
+    k = rollout.size(-1)
+    t_all, t_blocks = read_layout(teacher, x, rollout[:, :, :k - 1], mtp_layout(x.size(1), k, points))
+    return t_all, t_blocks[..., :n_vocab].float()
+
+
+def read_layout(model, x, fill, layout):
+    """One pass of `model` over the training layout: x (B, N), then fill (B, M, k-1) in the
+    blocks' slots (the student's masks, or its rollout for the critic). Returns the logits at
+    every slot, (B, L, V), and at the places block m's token j is read, (B, M, k, V)."""
+    pos, mask, read = (t.to(x.device) for t in layout)
+    logits, _ = model(torch.cat([x, fill.reshape(x.size(0), -1)], dim=1), pos=pos, attn_mask=mask)
+    return logits, logits[:, read]
+
+
+def prefix_cross_entropy(logits, y):
+    """Plain NTP on the ground truth's own slots (docs/method.md: our student forgets its next-token
+    skill without it), over the whole padded vocabulary, as the teacher was trained."""
+    N = y.size(1)
+    return F.cross_entropy(logits[:, :N].flatten(0, 1).float(), y.flatten())
 
 
 @torch.no_grad()
-def rollout_stats(rollout, targets, log_probs, s_logits):
-    return {"agreement": (rollout == targets).float().mean(dim=(0, 1)),  # (k,) per block position
-            "entropy": -(log_probs.exp() * log_probs).sum(-1).mean(),
-            "logits": s_logits.detach(), "targets": targets}  # (B, M, k, V), (B, M, k): for fit_temperatures
-
-
-ABLATION_DEFAULTS = dict(supervision="critic", teacher_readout="hard", prefix_target="data", bidirectional=False)
-
-
-def ablation_loss(student, teacher, x, y, k, points, mask_ids, n_vocab, prefix_loss=0.0, *, supervision="critic",
-                  teacher_readout="hard", prefix_target="data", bidirectional=False):
-    """distill_loss with the paper's ablations and ours switched (distill_mtp.py's flags of the
-    same names; make ablations): `supervision="ground_truth"` the data's tokens as targets (the
-    paper's offline MTP); `teacher_readout="soft"` KL to the teacher's distribution instead of
-    its argmax; `bidirectional` masks that see their whole block; `prefix_target="teacher"`
-    the prefix loss as KL to the teacher at the real tokens. With none switched it is distill_loss."""
-    N = x.size(1)
-    logits, s_logits, layout = student_blocks(student, x, k, points, mask_ids, n_vocab, bidirectional)
-    rollout = s_logits.argmax(-1)                                       # (B, M, k)
-    if supervision == "critic":
-        # The teacher is an NTP model: it reads the rollout causally even when the student's masks
-        # see each other both ways (a bidirectional teacher would peek at the tokens it scores).
-        causal = (layout[0], mtp_layout(N, k, points)[1].to(x.device), layout[2]) if bidirectional else layout
-        t_logits, t_all = teacher_scores(teacher, x, rollout, causal, n_vocab)  # (B, M, k, V), (B, L, V)
-        targets = t_logits.argmax(-1)
-    else:  # ground truth: token j of block m is x_{i_m + j} = y_{i_m + j - 1}
-        targets = y[:, points[:, None].to(x.device) + torch.arange(k, device=x.device)]  # (B, M, k)
-    log_probs = F.log_softmax(s_logits.float(), dim=-1)  # (B, M, k, V)
-    if supervision == "critic" and teacher_readout == "soft":
-        loss = F.kl_div(log_probs, F.log_softmax(t_logits, -1), log_target=True, reduction="none").sum(-1).mean()
-    else:
-        loss = F.nll_loss(log_probs.view(-1, n_vocab), targets.reshape(-1))
-    if prefix_loss > 0 and prefix_target == "data":
-        loss = loss + prefix_loss * F.cross_entropy(logits[:, :N].float().reshape(-1, logits.size(-1)),
-                                                    y.reshape(-1))
-    elif prefix_loss > 0:  # the teacher's own next-token distribution at the real tokens
-        with torch.no_grad():  # the ground truth sees no mask, so the critic's pass already holds it
-            t_real = t_all[:, :N] if supervision == "critic" else teacher(x)[0]  # (B, N, V)
-            t_real = F.log_softmax(t_real[..., :n_vocab].float(), dim=-1)
-        s_real = F.log_softmax(logits[:, :N, :n_vocab].float(), dim=-1)  # (B, N, n_vocab)
-        loss = loss + prefix_loss * F.kl_div(s_real, t_real, log_target=True, reduction="none").sum(-1).mean()
-    return loss, rollout_stats(rollout, targets, log_probs, s_logits)
+def rollout_stats(rollout, targets, blocks):
+    """The agreement of the rollout with the targets by block position, (k,), and the student's
+    mean entropy at the blocks."""
+    log_probs = F.log_softmax(blocks.float(), dim=-1)  # (B, M, k, n_vocab)
+    return {"agreement": (rollout == targets).float().mean(dim=(0, 1)),
+            "entropy": -(log_probs.exp() * log_probs).sum(-1).mean()}
 
 
 # A confidence that means what tau says: one temperature per block position, fitted on the
@@ -240,10 +212,10 @@ def fit_temperatures(logits, targets, grid=TEMPERATURE_GRID):
 
 @torch.no_grad()
 def validate(student, teacher, val_data, val_starts, n_points, mask_ids, n_vocab, loss_fn, args, device, autocast):
-    """Loss, per-position agreement with the teacher, (k_max,), and the gate's temperatures
-    (fit_temperatures), on fixed val batches at k = k_max. Agreement is scored against the
-    teacher's argmax whatever the supervision, so the curves of every variant (ground-truth
-    supervision included) compare."""
+    """On fixed val batches at k = k_max: the run's loss; the agreement of the student's rollout
+    with the critic's targets by block position, (k_max,), and the gate's temperatures fitted to
+    them (fit_temperatures). Agreement is the critic's whatever the loss trains (ground-truth
+    supervision included), so the curves of every variant compare."""
     student.eval()
     block_size = teacher.config.block_size
     gen = torch.Generator().manual_seed(0)
@@ -253,16 +225,24 @@ def validate(student, teacher, val_data, val_starts, n_points, mask_ids, n_vocab
         x, y = x.to(device), y.to(device)
         points = prediction_points(block_size, args.k_max, n_points, 0)
         with autocast:
-            loss, stats = loss_fn(student, teacher, x, y, args.k_max, points, mask_ids, n_vocab)
-            if args.supervision != "critic":
-                _, stats = ablation_loss(student, teacher, x, y, args.k_max, points, mask_ids, n_vocab,
-                                         bidirectional=args.bidirectional)
+            loss, _ = loss_fn(student, teacher, x, y, args.k_max, points, mask_ids, n_vocab)
+            _, blocks = student_blocks(student, x, args.k_max, points, mask_ids, n_vocab, args.bidirectional)
+            critics = critic(teacher, x, blocks.argmax(-1), points, n_vocab)[1].argmax(-1)  # (B, M, k_max)
         losses.append(loss.item())
-        agree += stats["agreement"].cpu() / args.eval_iters
-        logits.append(stats["logits"].flatten(0, 1).cpu())  # (B M, k, V)
-        targets.append(stats["targets"].flatten(0, 1).cpu())
+        agree += (blocks.argmax(-1) == critics).float().mean(dim=(0, 1)).cpu() / args.eval_iters
+        logits.append(blocks.flatten(0, 1).cpu())  # (B M, k, n_vocab)
+        targets.append(critics.flatten(0, 1).cpu())
     student.train()
     return sum(losses) / len(losses), agree, fit_temperatures(torch.cat(logits), torch.cat(targets))
+
+
+def chosen_loss(args):
+    """The loss this run trains: distill_loss, or with an ablation's flag, its variant (ablations.py)."""
+    if (args.supervision, args.teacher_readout, args.prefix_target, args.bidirectional) == ("critic", "hard", "data",
+                                                                                            False):
+        return distill_loss
+    from ablations import ablation_loss  # an experiment beside the method, loaded when its flag is given
+    return ablation_loss(args.supervision, args.teacher_readout, args.prefix_target, args.bidirectional)
 
 
 def load_teacher_and_student(path, device, seed, mask_per_offset=False, k_max=2, adapter_rank=0):
@@ -272,6 +252,8 @@ def load_teacher_and_student(path, device, seed, mask_per_offset=False, k_max=2,
     mask-gated adapter and the masks' embedding rows; every other weight stays the teacher's."""
     teacher_ckpt = load_checkpoint(path, kinds=("teacher",), device=device)
     teacher = model_from_checkpoint(teacher_ckpt, device)
+    if k_max >= teacher.config.block_size:
+        raise UserError(f"--k_max {k_max} must be smaller than the context ({teacher.config.block_size})")
     for p in teacher.parameters():
         p.requires_grad_(False)
     enc = tokenizer_from_checkpoint(teacher_ckpt)
@@ -293,20 +275,15 @@ def main(args):
     bf16_why = resolve_bf16(args, procs.device)  # --bf16 auto becomes True or False here, on every rank
     log(settings_line(args, bf16=bf16_why))
     torch.manual_seed(args.seed)
-
     teacher, teacher_ckpt, enc, student, mask_id = load_teacher_and_student(
         args.teacher, procs.device, args.seed, args.mask_per_offset, args.k_max, args.adapter_rank)
     block_size = teacher.config.block_size
-    if args.k_max >= block_size:
-        raise UserError(f"--k_max {args.k_max} must be smaller than the context ({block_size})")
     data_dir, eot_id = os.path.dirname(teacher_ckpt["tokenizer"]), enc.encode(EOT, allowed_special={EOT})[0]
-    train_data, train_starts = load_tokens(data_dir, "train", eot_id, block_size)
-    val_data, val_starts = load_tokens(data_dir, "val", eot_id, block_size)
+    (train_data, train_starts), (val_data, val_starts) = (load_tokens(data_dir, split, eot_id, block_size)
+                                                          for split in ("train", "val"))
     n_points = args.points or max(1, block_size // (2 * args.k_max))  # paper: M = N / (2 k_max)
     mask_ids = mask_tokens(mask_id, args.k_max - 1, args.mask_per_offset)  # the masks of a block, by offset
-    ablations = {name: getattr(args, name) for name, default in ABLATION_DEFAULTS.items()
-                 if getattr(args, name) != default}  # the flags that switch away from distill_loss
-    loss_fn = partial(ablation_loss if ablations else distill_loss, prefix_loss=args.prefix_loss, **ablations)
+    loss_fn = partial(chosen_loss(args), prefix_loss=args.prefix_loss)
 
     optimizer = student.configure_optimizers(args.weight_decay, args.lr, (0.9, 0.95), procs.device_type)
     # Three independent random streams: the data, k, and the points' offset. (Drawing k and the
@@ -336,15 +313,13 @@ def main(args):
                  bidirectional=args.bidirectional, val_loss=val_loss,
                  agreement_log=agreement_log, temperatures=agreement_log[-1]["temperatures"])
 
-    log(f"student: {raw_student.num_params() / 1e6:.2f}M parameters, <MTP> = id {mask_id}, "
-        f"k ~ U[{args.k_min}, {args.k_max}], {n_points} prediction points per window, "
-        f"{args.supervision} supervision" + (f", {args.teacher_readout} teacher" if args.supervision == "critic" else ""))
-    log(f"distilling {args.max_iters} steps on {procs.device}{f' x {procs.world} processes' if procs.ddp else ''}"
-        f" -> {args.out}")
+    log(f"student: {raw_student.num_params() / 1e6:.2f}M parameters, <MTP> = id {mask_id}, k ~ U[{args.k_min}, "
+        f"{args.k_max}], {n_points} prediction points per window, {args.supervision} supervision"
+        + (f", {args.teacher_readout} teacher" if args.supervision == "critic" else "") + f"; distilling "
+        f"{args.max_iters} steps on {procs.device}{f' x {procs.world} processes' if procs.ddp else ''} -> {args.out}")
     stop = stop_on_signals()
     bar = tqdm(total=args.max_iters, initial=step, desc="student", disable=not procs.master, dynamic_ncols=True)
-    t0, first_step = time.time(), step
-    evaluated_at = step if args.resume else -1  # validate at step 0 too: the curves' first point
+    t0, first_step, evaluated_at = time.time(), step, step if args.resume else -1  # -1: validate at step 0 too
     mine = range(procs.rank, args.grad_accum, procs.world)  # the micro-batches of this process
     while step < args.max_iters and not any_process_stopped(stop, procs):
         if step % args.eval_interval == 0 and step != evaluated_at and procs.master:
@@ -387,10 +362,10 @@ def main(args):
         val_loss, agreement = validate_and_log()
         checkpoint(val_loss)
         seconds = time.time() - t0  # evaluations and compilation included
-        windows_per_second = (step - first_step) * args.batch_size * args.grad_accum / seconds
         log(f"{'stopped' if stop else 'done'} at step {step}: val loss {val_loss:.4f}, agreement by position "
-            f"{agreement}, {windows_per_second * block_size:,.0f} window tokens/s, {seconds / 60:.1f} min -> {args.out}")
-        log("ConfAdapt's temperatures by block position (decode.py --calibrated): "
+            f"{agreement}, {(step - first_step) * args.batch_size * args.grad_accum * block_size / seconds:,.0f} "
+            f"window tokens/s, {seconds / 60:.1f} min -> {args.out}"
+            "\nConfAdapt's temperatures by block position (decode.py --calibrated): "
             + " ".join(f"{t:.2f}" for t in agreement_log[-1]["temperatures"]))
     del student  # the DDP wrapper holds the process group, which finish() shuts down
     finish(bool(stop), args, procs, log)

@@ -11,6 +11,8 @@ given.
   calibrated): what a pass's confidence is, before it is compared with tau. Both moved along
   the paper's curve, not above it.
 """
+from functools import partial
+
 import torch
 import torch.nn as nn
 
@@ -27,23 +29,25 @@ def add_mask_adapter(model, rank, first_mask_id):
     the <MTP> masks. The parameters are named `lora_a` and `lora_b` on each layer; hooks apply
     them, so model.py's forward stays as it is. Returns the model."""
     gate = {}  # the current pass's (B, T, 1) mask positions, set before the blocks run
-
-    def find_masks(model, args, kwargs):
-        idx = args[0] if args else kwargs["idx"]  # (B, T)
-        gate["at_masks"] = (idx >= first_mask_id)[..., None]
-
-    def add_update(layer, inputs, y):
-        x = inputs[0]
-        return y + (x @ layer.lora_a.t().to(x.dtype) @ layer.lora_b.t().to(x.dtype)) * gate["at_masks"]
-
-    model.register_forward_pre_hook(find_masks, with_kwargs=True)
+    # Module-level hooks bound with partial, not closures: a bench worker receives the model pickled.
+    model.register_forward_pre_hook(partial(find_masks, gate, first_mask_id), with_kwargs=True)
     for block in model.transformer.h:
         for layer in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
             device = layer.weight.device
             layer.lora_a = nn.Parameter(torch.randn(rank, layer.in_features, device=device) * 0.02)
             layer.lora_b = nn.Parameter(torch.zeros(layer.out_features, rank, device=device))
-            layer.register_forward_hook(add_update)
+            layer.register_forward_hook(partial(add_update, gate))
     return model
+
+
+def find_masks(gate, first_mask_id, model, args, kwargs):  # the adapter's pre-hook on the whole model
+    idx = args[0] if args else kwargs["idx"]  # (B, T)
+    gate["at_masks"] = (idx >= first_mask_id)[..., None]
+
+
+def add_update(gate, layer, inputs, y):  # the adapter's hook on each linear layer: B A x at the masks
+    x = inputs[0]
+    return y + (x @ layer.lora_a.t().to(x.dtype) @ layer.lora_b.t().to(x.dtype)) * gate["at_masks"]
 
 
 def train_only_the_adapter(student, rank, mask_id):

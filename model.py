@@ -34,14 +34,26 @@ class GPTConfig:
 
 class KVCache:
     """Keys and values of every layer for every position of the context: slot t holds the
-    token at position t. `length` is the decoder's count of the slots written so far; it
-    forgets stale masks or rejected drafts by lowering it, and the next pass writes over them."""
+    token at position t. `length` counts the slots written so far: a pass of one sequence feeds
+    the positions from `length` on and moves it past them (`advance`); a decoder forgets stale
+    masks or rejected drafts by lowering it (`truncate`), and the next pass writes over them.
+    (A batch whose rows stand at different points keeps a length per row: batched.RowCache.)"""
 
     def __init__(self, config, batch_size=1, device="cpu", dtype=torch.float32):
         shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
         self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, block_size, hs)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
+
+    def advance(self, pos):
+        """A pass of one sequence writes the slots `pos` (T,). They must start at `length`: the
+        pass attends over the first slots up to its last position, so a gap would let it read
+        stale slots and a step back would leave later stale slots counted as written."""
+        start = int(pos[0])
+        if start != self.length:
+            raise ValueError(f"a cached pass must feed the positions from the cache's length {self.length} on, "
+                             f"got positions from {start}: truncate the cache first, or feed the tokens in between")
+        self.length = start + len(pos)
 
     def truncate(self, length):
         """Forget every slot from `length` on."""
@@ -173,8 +185,9 @@ class GPT(nn.Module):
                    (B, T): a position per row, for rows that stand at different points (batched.py)
         attn_mask: (T, T_keys) or (B, T, T_keys) bool, True = may attend. Default: causal; with
                    a cache, each token sees the slots up to its own position
-        cache:     a KVCache: the tokens' keys/values are written at slots `pos` (required), and
-                   the keys are its first T_keys slots
+        cache:     a KVCache: the tokens' keys/values are written at slots `pos` (required; (T,)
+                   positions start at cache.length), and the keys are its first
+                   T_keys slots
         Returns (logits (B, T, vocab_size), loss or None).
         """
         B, T = idx.size()
@@ -184,6 +197,8 @@ class GPT(nn.Module):
             if T > self.config.block_size:
                 raise ValueError(f"{T} tokens do not fit the model's context of {self.config.block_size} tokens")
             pos = torch.arange(T, device=idx.device)  # (T,)
+        if cache is not None and pos.dim() == 1 and not torch.compiler.is_compiling():
+            cache.advance(pos)  # (a compiled pass advances it outside the graph: compiled.py)
         if cache is not None and attn_mask is None:
             # The keys end at the last position fed: the slots after it hold nothing this pass may see.
             n_keys = int(pos.max()) + 1
@@ -224,7 +239,7 @@ def add_mask_token(model, mask_id, generator=None, count=1):
     Each embedding row is drawn from the mean and spread of the rows in use (ids < mask_id),
     so it starts as a typical-looking token rather than the random init of an unused slot.
     The embeddings are tied, so this is also its output row: decoding never emits ids from
-    the tokenizer's vocabulary size on (decode.pick_token), the masks included."""
+    the tokenizer's vocabulary size on (common.emit_only), the masks included."""
     if mask_id + count > model.config.vocab_size:
         raise ValueError(f"no free vocabulary slot for {count} <MTP> token(s): the tokenizer uses {mask_id} ids "
                          f"and the model has {model.config.vocab_size}")

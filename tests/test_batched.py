@@ -10,6 +10,7 @@ import torch
 
 from batched import (generate_mtp_batch, generate_mtp_speculative_batch, generate_ntp_batch,
                      generate_self_speculative_batch, generate_speculative_batch)
+from common import emit_only
 from conftest import MASK, MASKS, N_VOCAB, SMALL, TINY
 from decode import generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative, generate_speculative
 from model import GPT, GPTConfig, add_mask_token
@@ -22,12 +23,12 @@ PROMPT_LENS = [9, 3, 20, 58, 5, 40, 61, 12]
 
 def model(config, seed, rotary=False):
     torch.manual_seed(seed)
-    return GPT(GPTConfig(**{**config.__dict__, "rotary": rotary})).double().eval()
+    return emit_only(GPT(GPTConfig(**{**config.__dict__, "rotary": rotary})).double().eval(), N_VOCAB)
 
 
 def noisy_copy(original, seed, scale):
     torch.manual_seed(seed)
-    copy = GPT(original.config).double().eval()
+    copy = emit_only(GPT(original.config).double().eval(), N_VOCAB)
     copy.load_state_dict({k: v + scale * torch.randn_like(v) for k, v in original.state_dict().items()})
     return copy
 
@@ -55,11 +56,11 @@ PER_OFFSET = list(range(MASK, MASK + 7))
 def strategies(rotary):
     """name -> (the batch-1 decoder, the batched one), both called as f(prompt(s), max_new, eos_id)."""
     target, student, draft = models(rotary)
-    mtp = dict(n_vocab=N_VOCAB, mask_ids=MASKS)
-    both_ways = dict(n_vocab=N_VOCAB, mask_ids=PER_OFFSET, k=4, bidirectional=True)
+    mtp = dict(mask_ids=MASKS)
+    both_ways = dict(mask_ids=PER_OFFSET, k=4, bidirectional=True)
     return {
-        "NTP": (lambda p, m, e: generate_ntp(target, p, m, e, N_VOCAB),
-                lambda ps, m, e: generate_ntp_batch(target, ps, m, e, N_VOCAB)),
+        "NTP": (lambda p, m, e: generate_ntp(target, p, m, e),
+                lambda ps, m, e: generate_ntp_batch(target, ps, m, e)),
         "static k=3": (lambda p, m, e: generate_mtp(student, p, m, e, k=3, **mtp),
                        lambda ps, m, e: generate_mtp_batch(student, ps, m, e, k=3, **mtp)),
         "ConfAdapt": (lambda p, m, e: generate_mtp(student, p, m, e, k=4, tau=0.03, **mtp),
@@ -67,8 +68,8 @@ def strategies(rotary):
         "static k=4, bidirectional": (
             lambda p, m, e: generate_mtp(student_per_offset(rotary), p, m, e, **both_ways),
             lambda ps, m, e: generate_mtp_batch(student_per_offset(rotary), ps, m, e, **both_ways)),
-        "speculative": (lambda p, m, e: generate_speculative(target, draft, p, m, e, N_VOCAB, gamma=4),
-                        lambda ps, m, e: generate_speculative_batch(target, draft, ps, m, e, N_VOCAB, gamma=4)),
+        "speculative": (lambda p, m, e: generate_speculative(target, draft, p, m, e, gamma=4),
+                        lambda ps, m, e: generate_speculative_batch(target, draft, ps, m, e, gamma=4)),
         "self-speculative": (lambda p, m, e: generate_self_speculative(student, p, m, e, k=4, **mtp),
                              lambda ps, m, e: generate_self_speculative_batch(student, ps, m, e, k=4, **mtp)),
         "MTP-drafted": (lambda p, m, e: generate_mtp_speculative(target, student, p, m, e, k=4, **mtp),
@@ -98,7 +99,7 @@ def test_every_row_is_its_batch_1_generation(name, batch_size, rotary):
     in_rows = Counter(t for tokens in free for t in tokens)
     eos_id = max((t for t in in_rows if in_rows[t] < len(rows)), key=lambda t: (in_rows[t], -t), default=-1)
     alone = [one(p, MAX_NEW, eos_id) for p in rows]
-    together = batched(rows, MAX_NEW, eos_id)[0]
+    together = batched(rows, MAX_NEW, eos_id)
     assert [steps(out) for out in together] == [steps(out) for out in alone]
     if batch_size == 8:  # rows did finish at different steps, some on EOS
         ended_on_eos = [out.tokens[-1] == eos_id for out in alone]
@@ -109,7 +110,7 @@ def test_the_bidirectional_case_can_tell_a_causal_decoder_apart():
     """The bidirectional student's output is not its causal one, so a batched decoder that dropped
     the masks' two-way view would fail the test above."""
     student, rows = student_per_offset(True), prompts(8)
-    causal = [generate_mtp(student, p, MAX_NEW, -1, N_VOCAB, PER_OFFSET, k=4).tokens for p in rows]
-    both_ways = [generate_mtp(student, p, MAX_NEW, -1, N_VOCAB, PER_OFFSET, k=4, bidirectional=True).tokens
+    causal = [generate_mtp(student, p, MAX_NEW, -1, PER_OFFSET, k=4).tokens for p in rows]
+    both_ways = [generate_mtp(student, p, MAX_NEW, -1, PER_OFFSET, k=4, bidirectional=True).tokens
                  for p in rows]
     assert causal != both_ways

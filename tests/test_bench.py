@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench import Strategy, Tally, auto_workers, calibration, first_departures, merge_tallies, run_bench, wilson_interval
+from common import emit_only
 from conftest import TINY
 from data import problems
 from data.tokenizer import EOT, load_tokenizer, padded_vocab_size
@@ -72,7 +73,8 @@ def test_two_workers_count_what_one_counts(tiny_data):
     torch.manual_seed(0)
     teacher, draft = GPT(config).eval(), GPT(config).eval()
     student = add_mask_token(GPT(config).eval(), enc.n_vocab, torch.Generator().manual_seed(0))
-    shared = dict(max_new_tokens=12, eos_id=eos, n_vocab=enc.n_vocab)
+    teacher, draft, student = (emit_only(m, enc.n_vocab) for m in (teacher, draft, student))
+    shared = dict(max_new_tokens=12, eos_id=eos)
     ntp = Strategy("teacher", "ntp greedy", "ntp", partial(generate_ntp, teacher, **shared), 7, (1, 0), (1, 0))
     strategies = [ntp,
                   Strategy("student", "static k=3", "static k", partial(generate_mtp, student, mask_ids=[enc.n_vocab] * 2,
@@ -144,29 +146,45 @@ def test_first_departures_name_the_first_differing_token_and_its_place(output, r
 
 
 def test_calibration_counts_every_block_position_against_the_k1_answer(tiny_data):
-    """Along the student's own k=1 answers, block position 1 is the k=1 token itself, and with a
-    student that is still a copy of its teacher, the teacher's next token too: both 100%. Every
-    block position is counted once per block."""
+    """Along the student's own k=1 answers, a block after every answer position: each block
+    position's prediction is counted once per block, in the bin of its confidence, and counted
+    right where it equals the k=1 answer's token there and where it equals the teacher's next
+    token, as running each block on its own says. With a student that is still a copy of its
+    teacher, block position 1 is both: 100%."""
     enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
     config = GPTConfig(**{**TINY.__dict__, "vocab_size": padded_vocab_size(enc)})  # a free slot for <MTP>
     torch.manual_seed(0)
-    teacher = GPT(config).eval()
+    teacher = emit_only(GPT(config).eval(), enc.n_vocab)
     student = GPT(config).eval()
     student.load_state_dict(teacher.state_dict())
-    mask_id = enc.n_vocab
-    add_mask_token(student, mask_id, torch.Generator().manual_seed(0))
+    mask_id, k = enc.n_vocab, 4
+    student = emit_only(add_mask_token(student, mask_id, torch.Generator().manual_seed(0)), enc.n_vocab)
     tests = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:3]
-    k1 = [generate_mtp(student, enc.encode_ordinary(problems.format_prompt(t["question"])), 20, eos_id=-1,
-                       n_vocab=enc.n_vocab, mask_ids=[], k=1).tokens for t in tests]
-    ckpt = {"k_max": 4, "mask_id": mask_id, "mask_per_offset": False, "bidirectional": False, "temperatures": None}
+    prompts = [enc.encode_ordinary(problems.format_prompt(t["question"])) for t in tests]
+    k1 = [generate_mtp(student, p, 20, eos_id=-1, mask_ids=[], k=1).tokens for p in prompts]
+    tokens = sum(k1, [])
+    with torch.no_grad():  # a mask read as the token the answers repeat most guesses some of them right
+        student.transformer.wte.weight[mask_id] = student.transformer.wte.weight[max(tokens, key=tokens.count)]
+    ckpt = {"k_max": k, "mask_id": mask_id, "mask_per_offset": False, "bidirectional": False, "temperatures": None}
     gate = calibration(student, ckpt, teacher, tests, k1, enc)
     assert gate["calibrated"] is None
-    sums = gate["sums"]  # (k, bins, [n, confidence, equal to k=1, equal to the teacher])
-    assert sums.shape == (4, len(gate["bins"]) - 1, 4)
-    blocks = sum(len(answer) - 4 + 1 for answer in k1)  # a block after the prompt and each answer token with room
+    sums, bins = gate["sums"], gate["bins"]  # (k, bins, [n, confidence, equal to k=1, equal to the teacher])
+    assert sums.shape == (k, len(bins) - 1, 4)
+    right_k1, right_teacher, blocks = torch.zeros(k), torch.zeros(k), 0
+    for prompt, answer in zip(prompts, k1):  # each block on its own
+        x = prompt + answer
+        teacher_next = teacher(torch.tensor([x]))[0][0].argmax(-1)  # (N,)
+        for i in range(len(prompt) - 1, len(x) - k):
+            guess = student(torch.tensor([x[:i + 1] + [mask_id] * (k - 1)]))[0][0, i:].argmax(-1)  # (k,)
+            right_k1 += (guess == torch.tensor(x[i + 1:i + 1 + k])).float()
+            right_teacher += (guess == teacher_next[i:i + k]).float()
+            blocks += 1
     assert (sums[:, :, 0].sum(dim=1) == blocks).all()
-    assert sums[0, :, 2].sum() == blocks and sums[0, :, 3].sum() == blocks
-    assert (sums[:, :, 1] <= sums[:, :, 0]).all()  # a confidence is at most 1
+    torch.testing.assert_close(sums[:, :, 2].sum(dim=1), right_k1)
+    torch.testing.assert_close(sums[:, :, 3].sum(dim=1), right_teacher)
+    assert right_k1[0] == right_teacher[0] == blocks and 0 < right_k1[1:].sum() < (k - 1) * blocks
+    low, high = torch.tensor(bins[:-1]), torch.tensor(bins[1:])  # each bin's confidences lie between its edges
+    assert (sums[:, :, 1] >= low * sums[:, :, 0] - 1e-4).all() and (sums[:, :, 1] <= high * sums[:, :, 0] + 1e-4).all()
 
 
 def test_the_calibrated_view_rebins_the_same_tokens_at_the_fitted_temperatures(tiny_data):
@@ -177,11 +195,11 @@ def test_the_calibrated_view_rebins_the_same_tokens_at_the_fitted_temperatures(t
     enc = load_tokenizer(str(tiny_data / "tokenizer.json"))
     config = GPTConfig(**{**TINY.__dict__, "vocab_size": padded_vocab_size(enc)})
     torch.manual_seed(0)
-    student = add_mask_token(GPT(config).eval(), enc.n_vocab, torch.Generator().manual_seed(0))
-    teacher = GPT(config).eval()
+    student = emit_only(add_mask_token(GPT(config).eval(), enc.n_vocab, torch.Generator().manual_seed(0)), enc.n_vocab)
+    teacher = emit_only(GPT(config).eval(), enc.n_vocab)
     tests = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:3]
     k1 = [generate_mtp(student, enc.encode_ordinary(problems.format_prompt(t["question"])), 20, eos_id=-1,
-                       n_vocab=enc.n_vocab, mask_ids=[], k=1).tokens for t in tests]
+                       mask_ids=[], k=1).tokens for t in tests]
     ckpt = {"k_max": 4, "mask_id": enc.n_vocab, "mask_per_offset": False, "bidirectional": False}
     last_cold = calibration(student, {**ckpt, "temperatures": [1.0, 1.0, 1.0, 0.05]}, teacher, tests, k1, enc)
     plain, sharp = last_cold["sums"], last_cold["calibrated"]

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from conftest import MASK, MASKS, N_VOCAB, TINY, TINY_RUN, TORCHRUN_2, run_script, untrained_teacher
 from data.tokenizer import load_tokenizer
 from decode import generate_mtp, generate_ntp
-from distill_mtp import ablation_loss, distill_loss, prediction_points
-from common import UserError, load_checkpoint
+from distill_mtp import critic, distill_loss, load_teacher_and_student, prediction_points, student_blocks
+from ablations import ablation_loss
+from common import UserError, emit_only, load_checkpoint
 from model import GPT, add_mask_token, mtp_layout
 
 
@@ -22,6 +23,34 @@ def pair():
     student.load_state_dict(teacher.state_dict())
     add_mask_token(student, MASK, torch.Generator().manual_seed(0))
     return teacher, student
+
+
+def decoding(model):
+    """The same model, its logits cut to the tokenizer's ids as load_for_decoding cuts them."""
+    copy = GPT(model.config).eval()
+    copy.load_state_dict(model.state_dict())
+    return emit_only(copy, N_VOCAB)
+
+
+def critic_loss_one_block_at_a_time(student, teacher, x, k, points, mask_ids, readout="hard", bidirectional=False):
+    """The critic loss written out slowly: each block run on its own (its prefix, then its masks),
+    the teacher run on the prefix plus the student's first j tokens for every j, one at a time."""
+    s_logits, t_logits = [], []
+    for b in range(x.size(0)):
+        for i in points.tolist():
+            alone = torch.cat([x[b, :i + 1], torch.tensor(mask_ids[:k - 1])])[None]
+            block_mask = torch.ones(i + k, i + k, dtype=torch.bool).tril()
+            if bidirectional:
+                block_mask[i + 1:, i + 1:] = True
+            block = student(alone, attn_mask=block_mask)[0][0, i:, :N_VOCAB]  # (k, V)
+            rollout = block.argmax(-1)
+            s_logits.append(block)
+            t_logits.append(torch.stack([teacher(torch.cat([x[b, :i + 1], rollout[:j]])[None])[0][0, -1, :N_VOCAB]
+                                         for j in range(k)]))
+    s_logp, t_logp = F.log_softmax(torch.stack(s_logits), -1), F.log_softmax(torch.stack(t_logits), -1)
+    if readout == "soft":
+        return (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()  # KL(teacher || student)
+    return F.nll_loss(s_logp.reshape(-1, N_VOCAB), t_logp.argmax(-1).reshape(-1))
 
 
 def test_the_mask_token_gets_a_typical_embedding_and_nothing_else_changes(pair):
@@ -61,15 +90,14 @@ def test_prediction_points_leave_room_for_the_block():
 
 
 def test_teacher_targets_are_its_greedy_continuation_of_prefix_plus_rollout(pair):
-    """The targets distill_loss trains on: token j+1 of block m is the teacher's argmax after the
-    true prefix and the student's own first j tokens, each run on its own."""
+    """The critic's targets: token j+1 of block m is the teacher's argmax after the true prefix
+    and the student's own first j tokens, each run on its own."""
     teacher, student = pair
     N, k = 32, 4
     x = torch.randint(0, N_VOCAB, (1, N))
     points = prediction_points(N, k, n_points=3, offset=2)
-    _, stats = distill_loss(student, teacher, x, x, k, points, MASKS, N_VOCAB)
-    targets = stats["targets"]                             # (1, M, k)
-    rollout = stats["logits"].argmax(-1)                   # (1, M, k): the student's own tokens
+    rollout = student_blocks(student, x, k, points, MASKS, N_VOCAB)[1].argmax(-1)  # (1, M, k): the student's tokens
+    targets = critic(teacher, x, rollout, points, N_VOCAB)[1].argmax(-1)          # (1, M, k)
     for m, i in enumerate(points.tolist()):
         for j in range(k):  # token j+1 of block m: the teacher after x_0..x_i, y'_1..y'_j
             context = torch.cat([x[0, :i + 1], rollout[0, m, :j]])[None]
@@ -79,36 +107,26 @@ def test_teacher_targets_are_its_greedy_continuation_of_prefix_plus_rollout(pair
 @pytest.mark.parametrize("readout", ["hard", "soft"])
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_the_critic_loss_scores_the_rollout_by_the_teachers_one_at_a_time_continuation(pair, readout, bidirectional):
-    """distill_loss itself, against a slow re-computation. With bidirectional student blocks the
-    teacher must still read the rollout causally, or it would see the tokens it scores."""
+    """distill_loss and its ablations against a slow re-computation. With bidirectional student
+    blocks the teacher must still read the rollout causally, or it would see the tokens it scores."""
     teacher, student = pair
     N, k = 32, 4
-    x, y = torch.randint(0, N_VOCAB, (1, N)), torch.randint(0, N_VOCAB, (1, N))
+    x, y = torch.randint(0, N_VOCAB, (2, N)), torch.randint(0, N_VOCAB, (2, N))
     points = prediction_points(N, k, n_points=3, offset=2)
-    loss, _ = ablation_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB, bidirectional=bidirectional,
-                            teacher_readout=readout)
+    loss, _ = ablation_loss(teacher_readout=readout, bidirectional=bidirectional)(student, teacher, x, y, k, points,
+                                                                                   MASKS, N_VOCAB)
+    expected = critic_loss_one_block_at_a_time(student, teacher, x, k, points, MASKS, readout, bidirectional)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
     if (readout, bidirectional) == ("hard", False):  # the paper's setting: distill_loss itself
         assert distill_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB)[0].item() == loss.item()
-    pos, mask, read = mtp_layout(N, k, points, bidirectional)
-    s_logits = student(torch.cat([x, torch.full((1, len(points) * (k - 1)), MASK)], 1), pos=pos,
-                       attn_mask=mask)[0][0, read][..., :N_VOCAB]  # (M, k, V)
-    rollout = s_logits.argmax(-1)
-    t_logits = torch.stack([torch.stack([teacher(torch.cat([x[0, :i + 1], rollout[m, :j]])[None])[0][0, -1, :N_VOCAB]
-                                         for j in range(k)]) for m, i in enumerate(points.tolist())])  # (M, k, V)
-    s_logp, t_logp = F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1)
-    if readout == "hard":
-        expected = F.nll_loss(s_logp.reshape(-1, N_VOCAB), t_logits.argmax(-1).reshape(-1))
-    else:
-        expected = (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()  # KL(teacher || student)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
 
 
 def test_a_bidirectional_student_decodes_with_the_block_it_was_trained_on(pair):
     """Cached static-k decoding of a --bidirectional student == recomputing, at every pass, the
     whole sequence plus k-1 masks that see each other both ways (the training layout)."""
-    _, student = pair
+    student = decoding(pair[1])
     prompt, k = [5, 6, 7, 8, 9], 4
-    out = generate_mtp(student, prompt, 3 * k, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=k, bidirectional=True)
+    out = generate_mtp(student, prompt, 3 * k, eos_id=-1, mask_ids=MASKS, k=k, bidirectional=True)
     seq = list(prompt)
     for _ in range(3):  # three passes: the later ones run on a filled, truncated cache
         n = len(seq)
@@ -123,7 +141,7 @@ def test_k1_at_step_0_the_student_agrees_with_the_teacher_exactly(pair):
     x = torch.randint(0, N_VOCAB, (2, 32))
     y = torch.randint(0, N_VOCAB, (2, 32))
     points = prediction_points(32, 1, n_points=8, offset=0)
-    soft, _ = ablation_loss(student, teacher, x, y, 1, points, MASKS, N_VOCAB, teacher_readout="soft")
+    soft, _ = ablation_loss(teacher_readout="soft")(student, teacher, x, y, 1, points, MASKS, N_VOCAB)
     assert soft.item() == pytest.approx(0.0, abs=1e-6)  # KL(teacher || itself)
     hard, stats = distill_loss(student, teacher, x, y, 1, points, MASKS, N_VOCAB)
     assert stats["agreement"].tolist() == [1.0]          # every rollout token is the teacher's
@@ -132,22 +150,28 @@ def test_k1_at_step_0_the_student_agrees_with_the_teacher_exactly(pair):
     assert hard.item() == pytest.approx(-probs.max(-1).values.log().mean().item(), rel=1e-5)
 
 
-def test_the_teacher_never_changes_and_gets_no_gradient(pair):
-    teacher, student = pair
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+def test_the_teacher_is_frozen_and_never_changes(tiny_data, tmp_path):
+    """load_teacher_and_student: the teacher in eval mode with no parameter that asks for a
+    gradient, and a student of its own weights; a few optimizer steps on the student leave the
+    teacher's weights as they were."""
+    from conftest import untrained_teacher
+    teacher, _, enc, student, mask_id = load_teacher_and_student(untrained_teacher(tiny_data, tmp_path / "t.pt"),
+                                                                 "cpu", 0)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert all(p.requires_grad for p in student.parameters())
     before = {n: p.clone() for n, p in teacher.state_dict().items()}
     student.train()
     opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
     for step in range(3):
-        x = torch.randint(0, N_VOCAB, (2, 32))
-        loss, _ = distill_loss(student, teacher, x, x, 3, prediction_points(32, 3, 4, step), MASKS, N_VOCAB)
+        x = torch.randint(0, enc.n_vocab, (2, 32))
+        loss, _ = distill_loss(student, teacher, x, x, 3, prediction_points(32, 3, 4, step), [mask_id] * 2,
+                               enc.n_vocab, prefix_loss=1.0)
         loss.backward()
         opt.step()
         opt.zero_grad()
-    assert all(p.grad is None for p in teacher.parameters())
     for n, p in teacher.state_dict().items():
         assert torch.equal(p, before[n]), n
+    assert not torch.equal(student.lm_head.weight, teacher.lm_head.weight)  # the student did learn
 
 
 def test_ground_truth_supervision_targets_the_data(pair):
@@ -158,51 +182,86 @@ def test_ground_truth_supervision_targets_the_data(pair):
     x = torch.randint(0, N_VOCAB, (1, N))
     y = torch.roll(x, -1, dims=1)
     points = prediction_points(N, k, n_points=4, offset=1)
-    loss, stats = ablation_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB, supervision="ground_truth")
+    ground_truth = ablation_loss(supervision="ground_truth")
+    loss, _ = ground_truth(student, teacher, x, y, k, points, MASKS, N_VOCAB)
     expected = torch.stack([x[0, i + 1:i + 1 + k] for i in points.tolist()])  # (M, k) the tokens after each point
-    assert torch.equal(stats["targets"][0], expected)
-    s_logp = F.log_softmax(stats["logits"][0].float(), -1)  # (M, k, V)
-    assert loss.item() == pytest.approx(F.nll_loss(s_logp.reshape(-1, N_VOCAB), expected.reshape(-1)).item(), rel=1e-5)
+    blocks = student_blocks(student, x, k, points, MASKS, N_VOCAB)[1][0]      # (M, k, V)
+    assert loss.item() == pytest.approx(F.cross_entropy(blocks.reshape(-1, N_VOCAB), expected.reshape(-1)).item(),
+                                        rel=1e-5)
     for p in teacher.parameters():  # a teacher of NaNs changes nothing
         p.data.fill_(float("nan"))
-    assert ablation_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB, supervision="ground_truth")[0] == loss
+    assert ground_truth(student, teacher, x, y, k, points, MASKS, N_VOCAB)[0] == loss
+
+
+def test_a_few_distillation_steps_raise_the_agreement_at_the_masks(pair):
+    """Distillation learns: on one fixed batch, a few optimizer steps of the critic loss raise the
+    student's agreement with the teacher's targets at the masks (block positions 2..k), from the
+    chance level of a random mask token."""
+    teacher, student = pair
+    N, k = 32, 4
+    x = torch.randint(0, N_VOCAB, (4, N), generator=torch.Generator().manual_seed(0))
+    points = prediction_points(N, k, n_points=6, offset=1)
+    student.train()
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    agreement = []
+    for _ in range(40):
+        loss, stats = distill_loss(student, teacher, x, x, k, points, MASKS, N_VOCAB)
+        agreement.append(stats["agreement"][1:].mean().item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert agreement[0] < 0.5 and agreement[-1] > agreement[0] + 0.3, agreement
 
 
 def test_static_k1_equals_ntp_greedy(pair):
-    _, student = pair
+    student = decoding(pair[1])
     prompt = torch.randint(0, N_VOCAB, (10,)).tolist()
-    ntp = generate_ntp(student, prompt, 40, eos_id=-1, n_vocab=N_VOCAB)
-    mtp = generate_mtp(student, prompt, 40, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=1)
+    ntp = generate_ntp(student, prompt, 40, eos_id=-1)
+    mtp = generate_mtp(student, prompt, 40, eos_id=-1, mask_ids=MASKS, k=1)
     assert mtp.tokens == ntp.tokens and mtp.n_forward == ntp.n_forward
 
 
 @pytest.mark.parametrize("k", [2, 4])
 def test_static_k_emits_k_tokens_per_pass_and_never_the_mask(pair, k):
-    _, student = pair
-    out = generate_mtp(student, [1, 2, 3], 20, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=k)
+    student = decoding(pair[1])
+    out = generate_mtp(student, [1, 2, 3], 20, eos_id=-1, mask_ids=MASKS, k=k)
     assert len(out.tokens) == 20 and out.chunks[:-1] == [k] * (len(out.chunks) - 1)
     assert MASK not in out.tokens and max(out.tokens) < N_VOCAB
 
 
 def test_tau_1_emits_one_token_per_pass(pair):
-    _, student = pair
-    out = generate_mtp(student, [1, 2, 3], 15, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=4, tau=1.0)
+    student = decoding(pair[1])
+    out = generate_mtp(student, [1, 2, 3], 15, eos_id=-1, mask_ids=MASKS, k=4, tau=1.0)
     assert out.chunks == [1] * 15 and out.n_forward == 15
 
 
-def test_confadapt_matches_a_low_threshold_static_run(pair):
-    _, student = pair
-    low = generate_mtp(student, [5, 6], 12, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=3, tau=1e-9)
-    static = generate_mtp(student, [5, 6], 12, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=3)
-    assert low.tokens == static.tokens  # every confidence is above a tiny tau: all k emitted
+def test_confadapt_below_every_confidence_is_static_k_and_just_above_the_lowest_is_not(pair):
+    """tau just below the lowest confidence static k's passes read at their masks lets every token
+    through, so ConfAdapt is static k token for token; tau a little above it stops the pass that
+    read it there. (The first token of a pass is emitted whatever its confidence.)"""
+    student = decoding(pair[1])
+    k, seq = 3, [5, 6]
+    static = generate_mtp(student, seq, 12, eos_id=-1, mask_ids=MASKS, k=k)
+    lowest = 1.0
+    for chunk in static.chunks:  # replay static k's passes without a cache: their confidences
+        n = len(seq)
+        pos, mask, _ = mtp_layout(n, k, torch.tensor([n - 1]))
+        logits = student(torch.tensor([seq + [MASK] * (k - 1)]), pos=pos, attn_mask=mask)[0][0, n - 1:]
+        confidence, tokens = torch.softmax(logits.float(), -1).max(-1)  # (k,)
+        lowest = min(lowest, confidence[1:chunk].min().item())
+        seq += tokens[:chunk].tolist()
+    at = generate_mtp(student, [5, 6], 12, eos_id=-1, mask_ids=MASKS, k=k, tau=lowest * (1 - 1e-4))
+    assert (at.tokens, at.chunks) == (static.tokens, static.chunks)
+    above = generate_mtp(student, [5, 6], 12, eos_id=-1, mask_ids=MASKS, k=k, tau=lowest * 1.001)
+    assert above.n_forward > static.n_forward
 
 
 def test_confadapt_emits_the_leading_run_of_tokens_whose_confidence_reaches_tau(pair):
     """Each pass of ConfAdapt, replayed without a cache: it emits the tokens up to the first
     whose largest probability is below tau, and always the first (paper Sec. 4.6)."""
-    _, student = pair
+    student = decoding(pair[1])
     k, tau, seq = 4, 0.0108, [5, 6]
-    out = generate_mtp(student, seq, 40, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=k, tau=tau)
+    out = generate_mtp(student, seq, 40, eos_id=-1, mask_ids=MASKS, k=k, tau=tau)
     for chunk in out.chunks[:-1]:  # the last pass may be cut at max_new_tokens
         n = len(seq)
         pos, mask, _ = mtp_layout(n, k, torch.tensor([n - 1]))
@@ -216,19 +275,19 @@ def test_confadapt_emits_the_leading_run_of_tokens_whose_confidence_reaches_tau(
 
 
 def test_eos_inside_a_chunk_ends_the_generation_at_the_eos(pair):
-    _, student = pair
-    free = generate_mtp(student, [1, 2, 3], 30, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=4)
+    student = decoding(pair[1])
+    free = generate_mtp(student, [1, 2, 3], 30, eos_id=-1, mask_ids=MASKS, k=4)
     eos = free.tokens[5]  # the 6th token: inside the second chunk of 4
-    stopped = generate_mtp(student, [1, 2, 3], 30, eos_id=eos, n_vocab=N_VOCAB, mask_ids=MASKS, k=4)
+    stopped = generate_mtp(student, [1, 2, 3], 30, eos_id=eos, mask_ids=MASKS, k=4)
     assert stopped.tokens == free.tokens[:free.tokens.index(eos) + 1]
 
 
 @pytest.mark.parametrize("kwargs, message", [(dict(k=0), "k must be >= 1"), (dict(k=2, tau=0.0), "tau must be in"),
                                              (dict(k=2, tau=1.5), "tau must be in")])
 def test_bad_decoding_settings_are_refused(pair, kwargs, message):
-    _, student = pair
+    student = decoding(pair[1])
     with pytest.raises(UserError, match=message):
-        generate_mtp(student, [1, 2], 5, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, **kwargs)
+        generate_mtp(student, [1, 2], 5, eos_id=-1, mask_ids=MASKS, **kwargs)
 
 
 def test_show_mask_prints_the_layout():

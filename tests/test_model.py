@@ -5,7 +5,7 @@ import torch
 from conftest import TINY, run_script
 from data.tokenizer import load_tokenizer, padded_vocab_size
 from decode import generate_ntp
-from common import UserError, load_checkpoint, model_from_checkpoint, save_checkpoint, tokenizer_from_checkpoint
+from common import emit_only, UserError, load_checkpoint, model_from_checkpoint, save_checkpoint, tokenizer_from_checkpoint
 from model import GPT, GPTConfig, KVCache
 
 
@@ -43,6 +43,7 @@ def test_stale_slots_are_overwritten_like_a_fresh_cache(model):
     cache = KVCache(TINY)
     model(idx[:, :20], pos=torch.arange(20), cache=cache)
     model(rejected, pos=torch.arange(20, 25), cache=cache)  # e.g. a rejected speculative draft ...
+    cache.truncate(20)
     after, _ = model(idx[:, 20:], pos=torch.arange(20, 30), cache=cache)  # ... written over at its positions
     torch.testing.assert_close(after, model(idx)[0][:, 20:], atol=1e-5, rtol=1e-5)
 
@@ -56,6 +57,20 @@ def test_a_cache_is_only_truncated_backwards_and_needs_positions(model):
         cache.truncate(13)
     with pytest.raises(ValueError, match="needs the positions"):
         model(torch.zeros(1, 3, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("start", [11, 13, 0])
+def test_a_cached_pass_must_start_at_the_caches_length(model, start):
+    """A pass whose positions start past the cache's length would attend over slots never written
+    (or stale), one that starts before it would leave later stale slots counted as written: both
+    are refused; one that starts there moves the length past its tokens."""
+    cache = KVCache(TINY)
+    model(torch.zeros(1, 12, dtype=torch.long), pos=torch.arange(12), cache=cache)
+    assert cache.length == 12
+    with pytest.raises(ValueError, match="from the cache's length 12 on, got positions from"):
+        model(torch.zeros(1, 3, dtype=torch.long), pos=torch.arange(start, start + 3), cache=cache)
+    model(torch.zeros(1, 3, dtype=torch.long), pos=torch.arange(12, 15), cache=cache)
+    assert cache.length == 15
 
 
 @pytest.mark.parametrize("prefix_len", [1, 7, 19])
@@ -93,7 +108,8 @@ def test_too_long_a_sequence_is_refused(model):
 @pytest.mark.parametrize("temperature", [0.0, 0.9])
 def test_cached_decoding_gives_the_same_tokens(model, temperature):
     prompt = torch.randint(0, TINY.vocab_size - 8, (12,)).tolist()
-    runs = [generate_ntp(model, prompt, 30, eos_id=-1, n_vocab=TINY.vocab_size - 8, temperature=temperature,
+    model = emit_only(model, TINY.vocab_size - 8)  # as load_for_decoding cuts the logits to the tokenizer's ids
+    runs = [generate_ntp(model, prompt, 30, eos_id=-1, temperature=temperature,
                          use_cache=use_cache, generator=torch.Generator().manual_seed(1))
             for use_cache in (True, False)]
     assert runs[0].tokens == runs[1].tokens
@@ -103,17 +119,17 @@ def test_cached_decoding_gives_the_same_tokens(model, temperature):
 
 def test_decoding_stops_at_eos_and_at_the_context(model):
     prompt = [3, 4, 5]
-    first = generate_ntp(model, prompt, 10, eos_id=-1, n_vocab=TINY.vocab_size).tokens
-    stopped = generate_ntp(model, prompt, 10, eos_id=first[3], n_vocab=TINY.vocab_size).tokens
+    first = generate_ntp(model, prompt, 10, eos_id=-1).tokens
+    stopped = generate_ntp(model, prompt, 10, eos_id=first[3]).tokens
     assert stopped == first[:first.index(first[3]) + 1]
-    full = generate_ntp(model, prompt, 1000, eos_id=-1, n_vocab=TINY.vocab_size)
+    full = generate_ntp(model, prompt, 1000, eos_id=-1)
     assert len(prompt) + len(full.tokens) == TINY.block_size
 
 
 @pytest.mark.parametrize("prompt, message", [([], "empty"), (list(range(64)), "shorten the prompt")])
 def test_bad_prompts_are_refused(model, prompt, message):
     with pytest.raises(UserError, match=message):
-        generate_ntp(model, prompt, 10, eos_id=0, n_vocab=TINY.vocab_size)
+        generate_ntp(model, prompt, 10, eos_id=0)
 
 
 def test_checkpoint_round_trip(model, tiny_data, tmp_path):

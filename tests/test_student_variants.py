@@ -9,8 +9,11 @@ import torch.nn.functional as F
 
 from conftest import MASK, MASKS, N_VOCAB, TINY
 from decode import generate_mtp, generate_ntp, generate_self_speculative
-from distill_mtp import ablation_loss, distill_loss, fit_temperatures, prediction_points
+from distill_mtp import distill_loss, fit_temperatures, prediction_points
+from common import emit_only
+from ablations import ablation_loss
 from experiments import add_mask_adapter, calibrated_confidence, run_confidence
+from test_distill import critic_loss_one_block_at_a_time
 from model import GPT, GPTConfig, add_mask_token, mask_tokens, mtp_layout
 
 
@@ -47,20 +50,17 @@ def test_each_offset_gets_its_own_typical_embedding(teacher):
 
 
 def test_the_critic_loss_feeds_mask_j_its_own_id(teacher):
-    """distill_loss with one mask per offset == the loss of a layout written out by hand."""
+    """distill_loss with one mask per offset == the loss recomputed block by block with mask j
+    fed as id MASK + j - 1, and != the same with one id for every mask."""
     student = copy_of(teacher, n_masks=3)
     N, k = 32, 4
     x, y = torch.randint(0, N_VOCAB, (2, N)), torch.randint(0, N_VOCAB, (2, N))
     points = prediction_points(N, k, n_points=3, offset=2)
-    loss, _ = distill_loss(student, teacher, x, y, k, points, mask_tokens(MASK, k - 1, per_offset=True), N_VOCAB)
-    pos, mask, read = mtp_layout(N, k, points)
-    masks = torch.tensor([MASK, MASK + 1, MASK + 2] * len(points)).expand(2, -1)
-    s_logits = student(torch.cat([x, masks], 1), pos=pos, attn_mask=mask)[0][:, read][..., :N_VOCAB]  # (2, M, k, V)
-    proposed = s_logits.argmax(-1)[:, :, :k - 1].reshape(2, -1)
-    targets = teacher(torch.cat([x, proposed], 1), pos=pos, attn_mask=mask)[0][:, read][..., :N_VOCAB].argmax(-1)
-    expected = F.cross_entropy(s_logits.reshape(-1, N_VOCAB), targets.reshape(-1))
+    per_offset = mask_tokens(MASK, k - 1, per_offset=True)
+    loss, _ = distill_loss(student, teacher, x, y, k, points, per_offset, N_VOCAB)
+    expected = critic_loss_one_block_at_a_time(student, teacher, x, k, points, per_offset)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    one_id, _ = distill_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB)
+    one_id = critic_loss_one_block_at_a_time(student, teacher, x, k, points, MASKS)
     assert one_id.item() != pytest.approx(loss.item(), rel=1e-5)  # the ids do reach the student
 
 
@@ -73,10 +73,9 @@ def test_the_teacher_prefix_loss_is_the_kl_to_the_teachers_next_token_distributi
     N, k, weight = 32, 3, 2.0
     x, y = torch.randint(0, N_VOCAB, (2, N)), torch.randint(0, N_VOCAB, (2, N))
     points = prediction_points(N, k, n_points=4, offset=1)
-    common = dict(supervision=supervision)
-    base, _ = ablation_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB, **common)
-    with_kl, _ = ablation_loss(student, teacher, x, y, k, points, MASKS, N_VOCAB, prefix_loss=weight,
-                               prefix_target="teacher", **common)
+    base, _ = ablation_loss(supervision=supervision)(student, teacher, x, y, k, points, MASKS, N_VOCAB)
+    with_kl, _ = ablation_loss(supervision=supervision, prefix_target="teacher")(student, teacher, x, y, k, points,
+                                                                                MASKS, N_VOCAB, prefix_loss=weight)
     t_logp = F.log_softmax(teacher(x)[0][..., :N_VOCAB], -1)  # (2, N, V): plain NTP on the ground truth
     s_logp = F.log_softmax(student(x)[0][..., :N_VOCAB], -1)
     kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1).mean()
@@ -109,9 +108,10 @@ def test_an_adapter_students_k1_and_self_speculative_output_is_the_teachers(teac
             if "lora_" in name:
                 p.copy_(0.1 * torch.randn_like(p))
     prompt = torch.randint(0, N_VOCAB, (6,)).tolist()
-    reference = generate_ntp(teacher, prompt, 30, eos_id=-1, n_vocab=N_VOCAB).tokens
-    assert generate_mtp(student, prompt, 30, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=1).tokens == reference
-    assert generate_self_speculative(student, prompt, 30, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS,
+    student, teacher = emit_only(student, N_VOCAB), emit_only(teacher, N_VOCAB)  # as load_for_decoding cuts the logits
+    reference = generate_ntp(teacher, prompt, 30, eos_id=-1).tokens
+    assert generate_mtp(student, prompt, 30, eos_id=-1, mask_ids=MASKS, k=1).tokens == reference
+    assert generate_self_speculative(student, prompt, 30, eos_id=-1, mask_ids=MASKS,
                                      k=4).tokens == reference
 
 
@@ -144,14 +144,14 @@ def student(teacher):
     s = copy_of(teacher)
     with torch.no_grad():  # a confident student: scale up the output so the confidences spread
         s.transformer.ln_f.weight.mul_(40.0)
-    return s
+    return emit_only(s, N_VOCAB)  # as load_for_decoding cuts the logits
 
 
 def test_the_run_gate_stops_where_the_product_of_confidences_falls_below_tau(student):
     """decode.py --gate run: each pass emits the longest run whose running product of confidences is
     >= tau, recomputed here from the same passes."""
     prompt, k, tau = [5, 6, 7], 4, 0.5
-    out = generate_mtp(student, prompt, 24, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=k, tau=tau,
+    out = generate_mtp(student, prompt, 24, eos_id=-1, mask_ids=MASKS, k=k, tau=tau,
                        confidence=run_confidence)
     seq = list(prompt)
     for size in out.chunks[:-1]:
@@ -163,7 +163,7 @@ def test_the_run_gate_stops_where_the_product_of_confidences_falls_below_tau(stu
         seq += tokens[:size].tolist()
     assert seq[len(prompt):] == out.tokens[:len(seq) - len(prompt)]
     assert max(out.chunks) > 1 and min(out.chunks) < k  # the gate did stop some runs, not all
-    token_gate = generate_mtp(student, prompt, 24, eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=k, tau=tau)
+    token_gate = generate_mtp(student, prompt, 24, eos_id=-1, mask_ids=MASKS, k=k, tau=tau)
     assert token_gate.chunks != out.chunks
 
 
@@ -203,7 +203,7 @@ def test_temperatures_change_the_gate_and_never_the_tokens(student):
     through; where hot, it nears 1/V and the gate stops there. The tokens are the argmax either
     way: static k's when every mask gets through, the student's k = 1 when none does."""
     prompt, k, tau = [5, 6, 7], 4, 0.5
-    run = dict(eos_id=-1, n_vocab=N_VOCAB, mask_ids=MASKS, k=k)
+    run = dict(eos_id=-1, mask_ids=MASKS, k=k)
     calibrated = lambda temperatures: partial(calibrated_confidence, temperatures=temperatures)  # noqa: E731
     plain = generate_mtp(student, prompt, 24, tau=tau, **run)
     assert max(plain.chunks) > 1 and min(plain.chunks[:-1]) < k  # the plain gate stops some passes, not all
@@ -212,3 +212,17 @@ def test_temperatures_change_the_gate_and_never_the_tokens(student):
     # Position 2 hot, the others cold: every pass stops after its first token.
     hot = generate_mtp(student, prompt, 24, tau=tau, confidence=calibrated([0.01, 1e3, 0.01, 0.01]), **run)
     assert hot.chunks == [1] * 24 and hot.tokens == generate_mtp(student, prompt, 24, **{**run, "k": 1}).tokens
+
+
+def test_an_adapter_student_survives_pickling_as_a_bench_worker_receives_it(teacher):
+    """bench.py's workers get their models pickled: the adapter's hooks must go with them."""
+    import pickle
+    student = copy_of(teacher, adapter_rank=4)
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p))
+    idx = torch.cat([torch.randint(0, N_VOCAB, (1, 10)), torch.full((1, 3), MASK)], 1)
+    copy = pickle.loads(pickle.dumps(student))
+    assert torch.equal(copy(idx)[0], student(idx)[0])
+    assert not torch.equal(copy(idx)[0][:, 10:], copy_of(teacher)(idx)[0][:, 10:])  # the copy's adapter is live

@@ -1,0 +1,57 @@
+"""
+Decoding through torch.compile (decode.py --compile, bench.py --compile), as gpt-fast compiles
+its decode step: from outside, so the strategies of decode.py stay as they are.
+
+torch.compile reuses a graph only for the shapes it was compiled for, so each cached pass is
+padded to the narrowest of COMPILED_WIDTHS that holds it: a handful of graphs per model. The
+padding sits after the pass's tokens, which never see it, and later passes write over its
+cache slots. A pass without a cache, a wider one (the prompt) or one that would pad past the
+context runs the model as it is. The tokens are the plain model's, except where rounding
+decides a near tie (tests/test_compiled.py). One sequence at a time (positions of shape (T,));
+batched.py's passes run the plain model.
+"""
+import types
+
+import torch
+
+COMPILED_WIDTHS = (1, 2, 4, 8, 16)  # the widest: a student's k_max of 8, its k-1 masks after up to k new tokens
+
+
+class CompiledDecoder:
+    """A model for decode.py's strategies whose cached passes run through torch.compile."""
+
+    def __init__(self, model):
+        self.model, self.config, self.lm_head = model, model.config, model.lm_head
+        self.num_params = model.num_params
+        self.graphs = {}  # width -> the model's forward compiled for passes of that many tokens
+
+    def __call__(self, idx, pos=None, attn_mask=None, cache=None):
+        T, block_size = idx.size(1), self.config.block_size
+        width = next((w for w in COMPILED_WIDTHS if w >= T), None)
+        if cache is None or width is None or int(pos[0]) + width > block_size:
+            return self.model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
+        cache.advance(pos)  # outside the graph: its check reads the positions, which a graph would guard on
+        pos = torch.arange(int(pos[0]), int(pos[0]) + width, device=idx.device)       # (width,)
+        idx = torch.cat([idx, idx.new_zeros(1, width - T)], dim=1)                     # (1, width)
+        # Fixed shapes: the keys are the whole cache; each token sees the slots up to its own
+        # position, or what the pass's own mask (T, n_keys) says.
+        full_mask = torch.arange(block_size, device=idx.device) <= pos[:, None]         # (width, block_size)
+        if attn_mask is not None:
+            full_mask[:T, :attn_mask.size(-1)] = attn_mask
+        logits, loss = self.graph(width)(idx, pos, full_mask, cache)
+        return logits[:, :T], loss
+
+    def graph(self, width):
+        """Dynamo keeps the graphs it compiled for one function together and checks them in turn
+        on every call; with a bench's models and widths, that check would cost more than a small
+        model's pass. A copy of the function per model and width keeps it to one graph and one check."""
+        if width not in self.graphs:
+            def forward(idx, pos, attn_mask, cache):
+                return self.model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
+            code = forward.__code__.replace(co_name=f"forward_width_{width}")
+            self.graphs[width] = torch.compile(types.FunctionType(code, forward.__globals__,
+                                                                  closure=forward.__closure__), dynamic=False)
+        return self.graphs[width]
+
+    def __getstate__(self):  # compiled graphs do not pickle: a bench worker compiles its own
+        return {**self.__dict__, "graphs": {}}

@@ -1,0 +1,60 @@
+"""compiled.py: every strategy of decode.py on compiled models gives the plain models' tokens."""
+from functools import partial
+
+import pytest
+import torch
+
+from compiled import CompiledDecoder
+from conftest import MASK, MASKS, N_VOCAB, SMALL
+from decode import generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative, generate_speculative
+from experiments import calibrated_confidence, run_confidence
+from model import add_mask_token
+from test_decode import perturbed_copy, random_model
+
+
+def every_strategy(target, student, draft):
+    """Each decoding strategy as prompt -> Generation, as bench.py and decode.py run them."""
+    common = dict(max_new_tokens=40, eos_id=-1)
+    mtp = dict(mask_ids=MASKS, **common)
+    sample = dict(temperature=0.8, top_k=20)
+    return {
+        "ntp": lambda p: generate_ntp(target, p, **common),
+        "ntp sampling": lambda p: generate_ntp(target, p, generator=torch.Generator().manual_seed(0), **sample,
+                                               **common),
+        "static k=3": lambda p: generate_mtp(student, p, k=3, **mtp),
+        "ConfAdapt": lambda p: generate_mtp(student, p, k=3, tau=0.03, **mtp),
+        "ConfAdapt, run gate": lambda p: generate_mtp(student, p, k=3, tau=0.001, confidence=run_confidence, **mtp),
+        "ConfAdapt, calibrated": lambda p: generate_mtp(student, p, k=3, tau=0.03,
+                                                        confidence=partial(calibrated_confidence,
+                                                                           temperatures=[1.0, 0.7, 1.3]), **mtp),
+        "ConfAdapt, bidirectional": lambda p: generate_mtp(student, p, k=3, tau=0.03, bidirectional=True, **mtp),
+        "speculative": lambda p: generate_speculative(target, draft, p, gamma=3, **common),
+        "speculative sampling": lambda p: generate_speculative(target, draft, p, gamma=3, **sample, **common,
+                                                               generator=torch.Generator().manual_seed(0)),
+        "self-speculative": lambda p: generate_self_speculative(student, p, k=3, **mtp),
+        "MTP-drafted speculative": lambda p: generate_mtp_speculative(target, student, p, k=3, **mtp),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt_len", [5, 50])  # 50: runs into the context end, where passes stop padding
+def test_compiled_decoding_emits_the_plain_tokens(prompt_len):
+    """decode.py --compile: every strategy run on CompiledDecoder models (fixed-width passes
+    through torch.compile, inductor's CPU code here) gives the same tokens, in the same steps,
+    as on the plain models. One-layer models: compiling takes time in proportion to the layers."""
+    target = random_model(SMALL, 0)
+    student = perturbed_copy(target, 1, 0.01)
+    add_mask_token(student, MASK, torch.Generator().manual_seed(0))
+    draft = perturbed_copy(target, 1, 0.02)
+    prompt = torch.randint(0, N_VOCAB, (prompt_len,), generator=torch.Generator().manual_seed(3)).tolist()
+    plain = every_strategy(target, student, draft)
+    decoders = [CompiledDecoder(model) for model in (target, student, draft)]
+    compiled = every_strategy(*decoders)
+    chunk_sizes = set()
+    for name in plain:
+        a, b = plain[name](prompt), compiled[name](prompt)
+        assert b.tokens == a.tokens, name
+        assert (b.chunks, b.n_forward, b.n_draft_forward) == (a.chunks, a.n_forward, a.n_draft_forward), name
+        chunk_sizes |= set(a.chunks[:-1])
+    assert len(chunk_sizes) >= 3  # passes fed varying numbers of real tokens, so the padding varied
+    assert all(decoder.graphs for decoder in decoders)  # the passes did run compiled, not plainly
