@@ -450,7 +450,7 @@ def main(args):
                + (", calibrated" if args.calibrated else "") + f"), k_max={k}")
     else:
         out = generate_ntp(model, use_cache=not args.no_cache, **sampling, **shared)
-        how = f"NTP {greedy_or_t}"
+        how = "NTP " + ("greedy" if args.temperature == 0 else f"sampling at temperature {args.temperature}")
     elapsed = time.time() - t0
     print(text + (show_chunks(enc, out, eos_id) if args.show_chunks
                   else enc.decode([t for t in out.tokens if t != eos_id])))

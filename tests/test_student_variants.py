@@ -23,13 +23,21 @@ def teacher():
     return GPT(TINY).eval()
 
 
-def copy_of(teacher, n_masks=1, adapter_rank=0):
+def copy_of(teacher, n_masks=1, adapter_rank=0, adapter_scale=0.0):
     """A student as distill_mtp builds one: the teacher's weights plus n_masks mask tokens (and
-    with adapter_rank, the mask-gated adapter)."""
+    with adapter_rank, the mask-gated adapter, its weights drawn at adapter_scale: at 0, B = 0
+    and the adapter changes nothing yet)."""
     student = GPT(TINY).eval()
     student.load_state_dict(teacher.state_dict())
     add_mask_token(student, MASK, torch.Generator().manual_seed(0), count=n_masks)
-    return add_mask_adapter(student, adapter_rank, MASK) if adapter_rank else student
+    if not adapter_rank:
+        return student
+    add_mask_adapter(student, adapter_rank, MASK)
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if "lora_" in name and adapter_scale:
+                p.copy_(adapter_scale * torch.randn_like(p))
+    return student
 
 
 def test_per_offset_masks_take_consecutive_free_slots():
@@ -85,11 +93,7 @@ def test_the_teacher_prefix_loss_is_the_kl_to_the_teachers_next_token_distributi
 
 def test_the_adapter_changes_the_masks_and_nothing_else(teacher):
     """Real tokens run through the teacher's weights bit for bit, whatever the adapter holds."""
-    student = copy_of(teacher, adapter_rank=4)
-    with torch.no_grad():
-        for name, p in student.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn_like(p))
+    student = copy_of(teacher, adapter_rank=4, adapter_scale=1.0)
     x = torch.randint(0, N_VOCAB, (2, 32))
     assert torch.equal(student(x)[0][..., :N_VOCAB], teacher(x)[0][..., :N_VOCAB])  # (the mask's row is new)
     points = prediction_points(32, 4, n_points=4, offset=1)
@@ -102,11 +106,7 @@ def test_the_adapter_changes_the_masks_and_nothing_else(teacher):
 
 
 def test_an_adapter_students_k1_and_self_speculative_output_is_the_teachers(teacher):
-    student = copy_of(teacher, adapter_rank=4)
-    with torch.no_grad():
-        for name, p in student.named_parameters():
-            if "lora_" in name:
-                p.copy_(0.1 * torch.randn_like(p))
+    student = copy_of(teacher, adapter_rank=4, adapter_scale=0.1)
     prompt = torch.randint(0, N_VOCAB, (6,)).tolist()
     student, teacher = emit_only(student, N_VOCAB), emit_only(teacher, N_VOCAB)  # as load_for_decoding cuts the logits
     reference = generate_ntp(teacher, prompt, 30, eos_id=-1).tokens
@@ -217,11 +217,7 @@ def test_temperatures_change_the_gate_and_never_the_tokens(student):
 def test_an_adapter_student_survives_pickling_as_a_bench_worker_receives_it(teacher):
     """bench.py's workers get their models pickled: the adapter's hooks must go with them."""
     import pickle
-    student = copy_of(teacher, adapter_rank=4)
-    with torch.no_grad():
-        for name, p in student.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn_like(p))
+    student = copy_of(teacher, adapter_rank=4, adapter_scale=1.0)
     idx = torch.cat([torch.randint(0, N_VOCAB, (1, 10)), torch.full((1, 3), MASK)], 1)
     copy = pickle.loads(pickle.dumps(student))
     assert torch.equal(copy(idx)[0], student(idx)[0])
