@@ -21,8 +21,8 @@ Each function returns a Generation per prompt, in the prompts' order.
 """
 import torch
 
-from decode import (Generation, accept_greedy, check_draft, check_k, check_prompt, confadapt_emits, next_drafts, room,
-                    see_each_other)
+from decode import (Generation, accept_greedy, check_draft, check_emits, check_k, check_prompt, confadapt_emits,
+                    next_drafts, room, see_each_other)
 from model import KVCache
 
 
@@ -32,6 +32,7 @@ class RowCache:
     (masks, rejected drafts), as KVCache.truncate does for one sequence."""
 
     def __init__(self, model, batch_size):
+        check_emits(model)
         self.model = model
         self.cache = KVCache(model.config, batch_size, model.lm_head.weight.device, model.lm_head.weight.dtype)
         self.lengths = [0] * batch_size
@@ -140,7 +141,7 @@ def generate_mtp_batch(model, prompts, max_new_tokens, eos_id, mask_ids, k, tau=
     batch = Batch(prompts, [model], max_new_tokens)
     cache = batch.caches[0]
     while batch.running:
-        n_masks = [min(k - 1, room(len(batch.seqs[r]), batch.block_size)) for r in batch.running]
+        n_masks = [min(k - 1, room(len(batch.seqs[r]), batch.block_size)) for r in batch.running]  # as decode's: no cap
         feeds = [batch.seqs[r][length:] + mask_ids[:m] for r, length, m in zip(batch.running, cache.lengths, n_masks)]
         logits = cache.forward(feeds, n_masks if bidirectional else None)                   # (B, W, n_vocab)
         probability, tokens = torch.softmax(logits.float(), dim=-1).max(dim=-1)             # (B, W)

@@ -249,7 +249,8 @@ CONFIDENCE_BINS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1.0)
 @torch.no_grad()
 def calibration(student, ckpt, teacher, problems, k1_answers, enc, bins=CONFIDENCE_BINS):
     """What tau means. Along each of the student's own k=1 answers, a block of k_max-1 masks
-    after every answer position, all blocks of an answer in one pass (distill_mtp.mtp_layout).
+    after every answer position, all blocks of an answer in one pass (model.mtp_layout). The models are
+    load_for_decoding's: their logits cover the tokenizer's ids only.
     Returns {"bins", "sums", "calibrated"}: sums (k_max, len(bins) - 1, 4) by block position j
     and bin of the student's confidence (its largest probability) of: predictions, confidence,
     predictions equal to the k=1 answer's token there, and equal to the teacher's next token

@@ -86,6 +86,7 @@ class Counted:
 
     def __init__(self, model):
         self.model, self.config, self.lm_head = model, model.config, model.lm_head
+        self.n_vocab = getattr(model, "n_vocab", None)
         self.reset()
 
     def reset(self):

@@ -152,16 +152,17 @@ def emit_only(model, n_vocab):
     """Cut `model`'s logits to the first n_vocab ids, the tokenizer's, once for every decoding
     strategy: the vocabulary is padded to a multiple of 64 and a student's <MTP> masks take the
     first free slots (model.add_mask_token), and none of those may ever be emitted. A forward
-    hook, so the model stays as it is; applying it again only sets n_vocab. Returns the model."""
-    if not hasattr(model, "n_emit"):
+    hook, so the model stays as it is; applying it again only sets n_vocab. Returns the model,
+    `model.n_vocab` set (decode.check_emits looks for it)."""
+    if not hasattr(model, "n_vocab"):
         model.register_forward_hook(cut_logits)
-    model.n_emit = n_vocab
+    model.n_vocab = n_vocab
     return model
 
 
 def cut_logits(model, inputs, output):  # emit_only's hook (a module-level function: bench workers pickle it)
     logits, loss = output
-    return logits[..., :model.n_emit], loss
+    return logits[..., :model.n_vocab], loss
 
 
 def check_same_tokenizer(ckpt, other, path, other_path):

@@ -22,7 +22,7 @@ class CompiledDecoder:
 
     def __init__(self, model):
         self.model, self.config, self.lm_head = model, model.config, model.lm_head
-        self.num_params = model.num_params
+        self.num_params, self.n_vocab = model.num_params, getattr(model, "n_vocab", None)
         self.graphs = {}  # width -> the model's forward compiled for passes of that many tokens
 
     def __call__(self, idx, pos=None, attn_mask=None, cache=None):

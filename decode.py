@@ -14,8 +14,8 @@ per pass with its <MTP> masks (static k, ConfAdapt); speculative decoding lets a
 proposer draft tokens that the model deciding the output verifies in one pass (lossless).
 Every strategy feeds its model through `forward_new`, which keeps the KV cache holding a
 prefix of the accepted tokens, so throwing away masks or rejected drafts is a `cache.truncate`.
-What a strategy decides after a pass (how many tokens ConfAdapt emits, which drafts stand, how
-many fit) is one function each, below the strategies; batched.py calls the same ones.
+What a strategy decides (how many tokens a pass may feed, how many ConfAdapt emits, which
+drafts stand) is one function each, below the strategies; batched.py calls the same ones.
 
 The models' logits cover the tokenizer's ids only: `common.load_for_decoding` cuts off the
 vocabulary's padding and the student's <MTP> masks (`common.emit_only`), so no strategy can
@@ -108,7 +108,8 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, mask_ids, k, tau=Non
     cache = new_cache(model)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < model.config.block_size:
-        n_masks = min(k - 1, room(len(seq), model.config.block_size))  # emitted tokens stay inside the context
+        # The emitted tokens stay inside the context; masks past max_new_tokens are read, and emit cuts them.
+        n_masks = min(k - 1, room(len(seq), model.config.block_size))
         logits = forward_new(model, cache, seq, mask_ids[:n_masks], bidirectional)  # (n_masks + 1, n_vocab)
         out.n_forward += 1
         cache.truncate(len(seq))  # forget the masks' keys/values
@@ -293,6 +294,7 @@ def pick_token(logits, temperature, top_k, generator=None):
 
 def new_cache(model):
     """An empty KV cache for one generation, on the model's device and in its dtype."""
+    check_emits(model)
     return KVCache(model.config, 1, model.lm_head.weight.device, model.lm_head.weight.dtype)
 
 
@@ -328,7 +330,15 @@ def see_each_other(attn_mask, n, fed, end):
 # --------------------------------------------------------------------------------------
 # Checks: a bad setting gets one sentence, before any pass.
 
+def check_emits(model):
+    """A model whose logits still cover the vocabulary's padding and the <MTP> masks could emit them."""
+    if getattr(model, "n_vocab", None) is None:
+        raise UserError("the model's logits cover the padded vocabulary, <MTP> masks included: load it with "
+                        "common.load_for_decoding, or cut them with common.emit_only(model, n_vocab)")
+
+
 def check_prompt(prompt_ids, model):
+    check_emits(model)
     if len(prompt_ids) == 0:
         raise UserError("the prompt is empty: give some text to continue")
     if len(prompt_ids) >= model.config.block_size:
@@ -475,7 +485,8 @@ def check_decode_flags(args, ckpt, dckpt):
     if args.self_speculative and ckpt["bidirectional"]:
         raise UserError(f"{args.ckpt} was distilled with --bidirectional blocks; self-speculative decoding drafts "
                         f"with causal ones: use ConfAdapt or static k with it")
-    if args.calibrated and ckpt["kind"] == "student" and ckpt["temperatures"] is None:
+    confadapt = ckpt["kind"] == "student" and not (args.self_speculative or args.static)
+    if args.calibrated and confadapt and ckpt["temperatures"] is None:
         raise UserError(f"{args.ckpt} has no fitted temperatures (it was distilled before they were): "
                         f"drop --calibrated, or distill it again")
 

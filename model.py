@@ -185,9 +185,11 @@ class GPT(nn.Module):
                    (B, T): a position per row, for rows that stand at different points (batched.py)
         attn_mask: (T, T_keys) or (B, T, T_keys) bool, True = may attend. Default: causal; with
                    a cache, each token sees the slots up to its own position
-        cache:     a KVCache: the tokens' keys/values are written at slots `pos` (required; (T,)
-                   positions start at cache.length), and the keys are its first
-                   T_keys slots
+        cache:     a KVCache: the tokens' keys/values are written at slots `pos` (required), and
+                   the keys are its first T_keys slots. (T,) positions must start at
+                   cache.length, and the pass moves it past them (KVCache.advance); inside a
+                   torch.compile graph it does not, and the caller advances it
+                   (compiled.CompiledDecoder)
         Returns (logits (B, T, vocab_size), loss or None).
         """
         B, T = idx.size()

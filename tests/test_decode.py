@@ -159,6 +159,8 @@ def test_speculative_sampling_follows_the_target_end_to_end(target):
     (lambda t, s: generate_mtp_speculative(t, s, [1, 2], 5, -1, MASKS, k=64), "does not fit"),
     (lambda t, s: generate_mtp_speculative(t, s, [], 5, -1, MASKS, k=2), "prompt is empty"),
     (lambda t, s: generate_mtp(s, [1, 2], 5, -1, [MASK], k=3), "k=3 reads k-1 masks"),
+    (lambda t, s: generate_ntp(GPT(TINY), [1, 2], 5, -1), "logits cover the padded vocabulary"),
+    (lambda t, s: generate_speculative(t, GPT(SMALL), [1, 2], 5, -1, gamma=2), "logits cover the padded vocabulary"),
 ])
 def test_bad_speculative_settings_are_refused(target, student, call, message):
     with pytest.raises(UserError, match=message):

@@ -12,7 +12,7 @@ from model import GPT, GPTConfig, KVCache
 @pytest.fixture(params=[False, True], ids=["learned positions", "rotary"])
 def model(request):
     torch.manual_seed(0)
-    return GPT(GPTConfig(**{**TINY.__dict__, "rotary": request.param})).eval()
+    return emit_only(GPT(GPTConfig(**{**TINY.__dict__, "rotary": request.param})).eval(), TINY.vocab_size)
 
 
 def test_rotary_scores_depend_only_on_distances():
