@@ -436,7 +436,6 @@ def main(args):
     generator = torch.Generator(device=device).manual_seed(args.seed)
     shared = dict(prompt_ids=prompt_ids, max_new_tokens=args.max_new_tokens, eos_id=eos_id)
     sampling = dict(temperature=args.temperature, top_k=args.top_k, generator=generator)
-    greedy_or_t = "greedy" if args.temperature == 0 else f"temperature {args.temperature}"
 
     t0 = time.time()
     if dckpt is not None and dckpt["kind"] == "student":
@@ -445,7 +444,8 @@ def main(args):
         how = f"MTP-drafted speculative, student drafts k={k} per pass"
     elif dckpt is not None:
         out = generate_speculative(model, drafter, gamma=args.gamma, **sampling, **shared)
-        how = f"speculative, gamma={args.gamma}, {greedy_or_t}"
+        how = f"speculative, gamma={args.gamma}, " + ("greedy" if args.temperature == 0 else
+                                                      f"temperature {args.temperature}")
     elif args.self_speculative:
         k = student_k(args.k, ckpt, args.ckpt)
         out = generate_self_speculative(model, mask_ids=student_mask_ids(ckpt), k=k, **shared)
