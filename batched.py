@@ -42,7 +42,7 @@ class RowCache:
         the positions after its first lengths[i]. Returns the logits (B, W, n_vocab), W the widest
         feed: row i's j-th token's prediction is logits[i, j]. `n_bidirectional`: per row, how many
         of its last tokens see each other both ways (the masks of a --bidirectional student)."""
-        B, W = len(feeds), max(len(f) for f in feeds)
+        W = max(len(f) for f in feeds)
         device, block_size = self.cache.k.device, self.model.config.block_size
         idx = torch.tensor([f + [0] * (W - len(f)) for f in feeds], device=device)            # (B, W)
         # A row stops once its sequence fills the context, and the token that fills it is emitted,
