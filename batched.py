@@ -26,6 +26,11 @@ from decode import (Generation, accept_greedy, check_draft, check_emits, check_k
 from model import KVCache
 
 
+def padding_slot(config):
+    """Where a batch's padding stands: the context's last slot (RowCache.forward says why)."""
+    return config.block_size - 1
+
+
 class RowCache:
     """A KV cache for a batch whose rows stand at different points. Row i of the cache holds the
     first lengths[i] tokens of its sequence; lowering lengths[i] forgets the slots after them
@@ -43,14 +48,16 @@ class RowCache:
         feed: row i's j-th token's prediction is logits[i, j]. `n_bidirectional`: per row, how many
         of its last tokens see each other both ways (the masks of a --bidirectional student)."""
         W = max(len(f) for f in feeds)
-        device, block_size = self.cache.k.device, self.model.config.block_size
+        device, pad = self.cache.k.device, padding_slot(self.model.config)
         idx = torch.tensor([f + [0] * (W - len(f)) for f in feeds], device=device)            # (B, W)
         # A row stops once its sequence fills the context, and the token that fills it is emitted,
         # never fed: so the context's last slot never holds a real token, and the padding stands there.
-        pos = torch.tensor([[length + j if j < len(f) else block_size - 1 for j in range(W)]
-                            for length, f in zip(self.lengths, feeds)], device=device)          # (B, W)
+        j = torch.arange(W, device=device)                                                   # (W,)
+        start = torch.tensor(self.lengths, device=device)[:, None]                           # (B, 1)
+        fed = torch.tensor([len(f) for f in feeds], device=device)[:, None]                  # (B, 1)
+        pos = torch.where(j < fed, start + j, pad)                                           # (B, W)
         n_keys = max(length + len(f) for length, f in zip(self.lengths, feeds))              # the last real slot + 1
-        assert n_keys < block_size, "a real token in the context's last slot, where the padding stands"
+        assert n_keys <= pad, "a real token in the slot where the padding stands"
         attn_mask = torch.arange(n_keys, device=device) <= pos[:, :, None]                  # (B, W, n_keys)
         for i, n in enumerate(n_bidirectional or []):
             if n > 1:  # the row's last n tokens see each other whole

@@ -38,7 +38,7 @@ import torch
 from tqdm import tqdm
 
 from batched import (generate_mtp_batch, generate_mtp_speculative_batch, generate_ntp_batch,
-                     generate_self_speculative_batch, generate_speculative_batch)
+                     generate_self_speculative_batch, generate_speculative_batch, padding_slot)
 from bench import load_problems, parse_ints
 from common import (HelpFormatter, UserError, check_flags, check_same_tokenizer, load_for_decoding, pick_device,
                     student_k, student_mask_ids)
@@ -82,7 +82,7 @@ class Counted:
     """A model that counts its passes: (rows, width, n_keys) of each, what the cost model reads,
     and the positions fed: the rows' own tokens (`fed`) and the padding, of the first pass (the
     prompts padded to the longest: `prompt_padded`) and of the later ones (`padded`). A pass's
-    padding is what batched.RowCache parks at the context's last slot."""
+    padding is what batched.RowCache parks at batched.padding_slot."""
 
     def __init__(self, model):
         self.model, self.config, self.lm_head = model, model.config, model.lm_head
@@ -94,7 +94,7 @@ class Counted:
 
     def __call__(self, idx, pos, attn_mask, cache):
         rows, width = idx.shape
-        real = int((pos < self.config.block_size - 1).sum())
+        real = int((pos != padding_slot(self.config)).sum())
         if self.passes:
             self.padded += rows * width - real
         else:
