@@ -6,6 +6,7 @@
 #   make demo GPU=1  the same pipeline with the one-GPU presets (torch.compile, fused AdamW, bf16 where the GPU has it)
 #   make gpu-check   run this first on a GPU: the GPU presets end to end in a few minutes (out/gpu-check)
 #   make batch  after make demo: every strategy at batch sizes 1, 4, 16 and 64 (out/batch.{json,md,png})
+#   make sampling  after make demo: every strategy sampling, 4 samples of each problem (out/sampling.{json,md,png})
 #
 # An interrupted training run keeps its checkpoint and prints the command that finishes it
 # (its own flags plus --resume); run that, then `make demo` again.
@@ -28,12 +29,12 @@ endif
 PREPARE_PY := data/prepare.py data/problems.py data/tokenizer.py
 TRAIN_PY := train_ntp.py training.py common.py model.py experiments.py data/tokenizer.py
 DISTILL_PY := distill_mtp.py ablations.py training.py common.py model.py experiments.py data/tokenizer.py
-BENCH_PY := bench.py decode.py compiled.py report.py common.py model.py experiments.py data/check.py data/problems.py \
-	data/tokenizer.py
-BATCH_PY := bench_batch.py batched.py bench.py decode.py compiled.py report.py common.py model.py experiments.py data/check.py \
+BENCH_PY := bench.py decode.py gates.py compiled.py report.py common.py model.py experiments.py data/check.py \
 	data/problems.py data/tokenizer.py
+BATCH_PY := bench_batch.py batched.py bench.py decode.py gates.py compiled.py report.py common.py model.py experiments.py \
+	data/check.py data/problems.py data/tokenizer.py
 
-.PHONY: demo test install clean ablations gpu-check batch
+.PHONY: demo test install clean ablations gpu-check batch sampling
 
 demo: install out/bench.json
 	@cat out/bench.md
@@ -63,6 +64,16 @@ batch: install out/batch.json
 
 out/batch.json: out/teacher.pt out/draft.pt out/student.pt $(BATCH_PY)
 	$(PYTHON) bench_batch.py
+
+# Sampling at temperature T: which strategies keep the model's distribution, and what the
+# student's blocks do to it (bench.py --temperature). Its picture sets each row beside its greedy
+# self, from out/bench.json.
+TEMPERATURE ?= 1.0
+sampling: install out/sampling.json
+	@cat out/sampling.md
+
+out/sampling.json: out/teacher.pt out/draft.pt out/student.pt out/bench.json $(BENCH_PY)
+	$(PYTHON) bench.py --temperature $(TEMPERATURE)
 
 # Every GPU setting at a few hundred steps, then the bench on 50 problems, plain and with the
 # compiled decoder: it prints training tokens/s (the "done" lines), decoding tokens/s and the

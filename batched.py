@@ -2,9 +2,9 @@
 The decoding strategies of decode.py over a batch of prompts at once: what a server does, and
 where the accelerations stop paying (bench_batch.py). Read decode.py first: each function here
 is its batch-1 namesake with a loop over the rows where that one has a single sequence, and it
-takes its decisions with the same functions (decode.confadapt_emits, accept_greedy,
+takes its decisions with the same functions (decode.pick_block, confadapt_emits, accept_greedy,
 next_drafts, room), so every row's tokens are the batch-1 function's (tests/test_batched.py).
-Greedy decoding only.
+Greedy decoding only: sampling is decode.py's (and bench.py --temperature's), one sequence at a time.
 
 What batching changes:
 - Rows stand at different points: their prompts differ in length, and a pass advances each row
@@ -22,7 +22,7 @@ Each function returns a Generation per prompt, in the prompts' order.
 import torch
 
 from decode import (Generation, accept_greedy, check_draft, check_emits, check_k, check_prompt, confadapt_emits,
-                    next_drafts, room, see_each_other)
+                    next_drafts, pick_block, room, see_each_other)
 from model import KVCache
 
 
@@ -151,7 +151,7 @@ def generate_mtp_batch(model, prompts, max_new_tokens, eos_id, mask_ids, k, tau=
         n_masks = [min(k - 1, room(len(batch.seqs[r]), batch.block_size)) for r in batch.running]  # as decode's: no cap
         feeds = [batch.seqs[r][length:] + mask_ids[:m] for r, length, m in zip(batch.running, cache.lengths, n_masks)]
         logits = cache.forward(feeds, n_masks if bidirectional else None)                   # (B, W, n_vocab)
-        probability, tokens = torch.softmax(logits.float(), dim=-1).max(dim=-1)             # (B, W)
+        tokens, probability = pick_block(logits.float())                                    # (B, W) each
         finished = []
         for i, (r, feed, m) in enumerate(zip(batch.running, feeds, n_masks)):
             batch.outs[r].n_forward += 1

@@ -4,6 +4,7 @@ Every decoding strategy side by side, on the same held-out problems, in the same
     python bench.py                                   # everything found in out/, 400 test problems
     python bench.py --n 100 --strategies ntp,confadapt,speculative --device cuda
     python bench.py --compare out/ablations/student_*.pt  # the ablations (make ablations)
+    python bench.py --temperature 1 --samples 4          # the sampled bench (make sampling)
 
 Rows: the teacher's NTP greedy (the baseline; and without the cache), the draft model, the
 student at static k and ConfAdapt over a tau sweep (and the same sweep with its confidences
@@ -22,6 +23,14 @@ answers first part from its own k=1 answers (`calibration`, `first_departures`).
 Writes out/bench.{json,md}, out/pareto.png, out/chunks.png and out/calibration.{json,png}
 (report.py), prints the table, then the rows as one JSON line. --compare measures static k and ConfAdapt for each student
 given, into out/ablations.{json,md,png} and out/agreement.png.
+
+--temperature T > 0: the sampled bench. Every strategy samples, S samples of each problem, and
+each row gets, beyond the above: the accuracy as the mean over samples (its interval resampling
+problems), fidelity to the model's own distribution (the log-probability per token its verifier,
+the teacher or the student's k = 1, gives its samples at T, beside the same for the verifier's
+own samples: a lossless row matches it, a row too sure or too incoherent lies above or below),
+distinct answers per problem among the S, and the majority vote of the S (self-consistency)
+beside the passes it cost (`sampled_columns`). Writes out/sampling.{json,md,png} (report.py).
 """
 import argparse
 import json
@@ -33,6 +42,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -43,9 +53,8 @@ from data.problems import final_answer, format_prompt
 from data.tokenizer import EOT
 from compiled import CompiledDecoder
 from decode import generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative, generate_speculative
-from experiments import calibrated_confidence
 from model import mtp_layout
-from report import CURVES, write_outputs
+from report import CURVES, write_outputs, write_sampled
 
 
 @dataclass
@@ -60,6 +69,7 @@ class Strategy:
     reference: Optional["Strategy"] = None  # lossless: the strategy whose output it reproduces token for token
     tau: Optional[float] = None       # ConfAdapt's threshold
     k: Optional[int] = None           # static k's k
+    verifier: object = None           # the model whose own sampling a sampled row is measured against (fidelity)
 
 
 @dataclass
@@ -81,23 +91,28 @@ class Tally:
     accepted_at: list = field(default_factory=list)  # ... and steps where drafts 1..j all stood
     outputs: list = field(default_factory=list)      # every generation's tokens
     chunks: list = field(default_factory=list)       # ... and its tokens per step
+    answers: list = field(default_factory=list)      # ... its '####' answer
+    right: list = field(default_factory=list)        # ... whether that is the right one
+    logprobs: list = field(default_factory=list)     # sampled: the verifier's log-probability of its tokens
 
 
 LARGE = {"teacher": 8e9, "student": 8e9, "draft": 1e9}  # Llama-3.1-8B and Llama-3.2-1B's sizes
 
 
-def run_bench(strategies, problems, enc, workers=1):
+def run_bench(strategies, problems, enc, workers=1, sampling=None):
     """Run every strategy on each problem in turn; returns one row of results per strategy (the
     first strategy is the baseline of the speed-ups) and the tallies behind them. With `workers`
     > 1 the problems are shared out, in consecutive runs, among that many processes of one thread
     each: a pass of a tiny model is mostly fixed per-pass cost, which a second thread does not
-    share, so two single-thread processes decode about twice as much as one process of two."""
+    share, so two single-thread processes decode about twice as much as one process of two.
+    `sampling`: decode_share's, for a sampled bench."""
     workers = min(workers, len(problems))
     if workers == 1:
-        tallies = decode_share(strategies, problems, enc)
+        tallies = decode_share(strategies, problems, enc, sampling=sampling)
     else:  # spawn, not fork: a process forked from one that has run torch's thread pool can hang
         starts = [len(problems) * w // workers for w in range(workers + 1)]
-        jobs = [(strategies, problems[a:b], enc, a, w, workers) for w, (a, b) in enumerate(zip(starts, starts[1:]))]
+        jobs = [(strategies, problems[a:b], enc, a, w, workers, sampling)
+                for w, (a, b) in enumerate(zip(starts, starts[1:]))]
         pool = multiprocessing.get_context("spawn").Pool(workers)
         try:
             shares = pool.starmap(decode_share, jobs)  # [worker][strategy]
@@ -105,15 +120,20 @@ def run_bench(strategies, problems, enc, workers=1):
             pool.close()
             pool.join()
         tallies = [merge_tallies(parts) for parts in zip(*shares)]
-    return summarize(strategies, tallies), tallies
+    return summarize(strategies, tallies, sampling and sampling["samples"]), tallies
 
 
-def decode_share(strategies, problems, enc, first=0, worker=0, workers=1):
+def decode_share(strategies, problems, enc, first=0, worker=0, workers=1, sampling=None):
     """Every strategy's Tally over `problems` (the bench's problems from number `first` on),
     interleaved: each problem is decoded by every strategy before the next, so a slow patch of
-    the machine slows all of them alike."""
+    the machine slows all of them alike. `sampling` (bench.py --temperature): a dict of
+    "samples" per problem, "seed", "temperature" and "device"; each sample's generator is seeded
+    by the seed, the problem's number and the sample's, so the draws do not depend on how the
+    problems were shared out, and every strategy gets the same seeds."""
     if workers > 1:
         torch.set_num_threads(1)
+    samples = sampling["samples"] if sampling else 1
+    generator = torch.Generator(device=sampling["device"]) if sampling else None
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
     todo = [min(len(problems), max(0, s.n - first)) for s in strategies]  # each runs on the bench's first s.n
     for s, n in zip(strategies, todo):  # warm-up: the first call pays for allocations, not decoding
@@ -121,51 +141,74 @@ def decode_share(strategies, problems, enc, first=0, worker=0, workers=1):
             s.decode(enc.encode_ordinary(format_prompt(problems[0]["question"])))
     tallies = [Tally() for _ in strategies]
     if workers == 1:  # a bar per strategy
-        bars = [tqdm(total=n, desc=f"{s.model} {s.name}"[:36].ljust(36), position=i, leave=True,
+        bars = [tqdm(total=n * samples, desc=f"{s.model} {s.name}"[:36].ljust(36), position=i, leave=True,
                      dynamic_ncols=True, mininterval=1.0) for i, (s, n) in enumerate(zip(strategies, todo))]
     else:  # a bar per worker, counting its problems times its strategies
-        bars = [tqdm(total=sum(todo), desc=f"worker {worker + 1} of {workers}: {len(strategies)} strategies",
+        bars = [tqdm(total=sum(todo) * samples, desc=f"worker {worker + 1} of {workers}: {len(strategies)} strategies",
                      position=worker, leave=True, dynamic_ncols=True, mininterval=1.0)] * len(strategies)
     for i, problem in enumerate(problems):
         prompt_ids = enc.encode_ordinary(format_prompt(problem["question"]))
-        expected = final_answer(problem["answer"])
         for s, t, bar, n in zip(strategies, tallies, bars, todo):
             if i >= n:
                 continue
-            t0 = time.perf_counter()
-            gen = s.decode(prompt_ids)
-            t.seconds += time.perf_counter() - t0
-            answer = enc.decode([token for token in gen.tokens if token != eos_id])
-            t.correct += final_answer(answer) == expected
-            checked = check_answer(problem["question"], answer)  # data/check.py
-            t.well_formed += checked.well_formed
-            t.worked += len(checked.steps)
-            t.worked_right += checked.steps_right
-            for a, op, b, _, right in checked.steps:
-                wrong_written = t.step_kinds.setdefault(step_kind(a, op, b), [0, 0])
-                wrong_written[0] += not right
-                wrong_written[1] += 1
-            t.outputs.append(gen.tokens)
-            t.chunks.append(gen.chunks)
-            t.tokens += len(gen.tokens)
-            t.tpf += gen.tokens_per_forward  # averaged per generation, as the paper does
-            t.forwards += gen.n_forward
-            t.draft_forwards += gen.n_draft_forward
-            for drafted, accepted in zip(gen.drafted, gen.accepted):  # speculative strategies only
-                t.steps += 1
-                t.accepted += accepted
-                for j in range(drafted):  # drafts past a rejection count as rejected
-                    if j == len(t.proposed_at):
-                        t.proposed_at.append(0)
-                        t.accepted_at.append(0)
-                    t.proposed_at[j] += 1
-                    t.accepted_at[j] += j < accepted
-            bar.update()
+            for sample in range(samples):
+                draws = {}
+                if sampling:  # this sample's own seed
+                    draws["generator"] = generator.manual_seed(sampling["seed"] * 10**6 + (first + i) * 1000 + sample)
+                t0 = time.perf_counter()
+                gen = s.decode(prompt_ids, **draws)
+                t.seconds += time.perf_counter() - t0
+                count(t, gen, problem, enc, eos_id)
+                if sampling:
+                    t.logprobs.append(log_probability(s.verifier, prompt_ids, gen.tokens, sampling["temperature"]))
+                bar.update()
             if workers == 1:
                 bar.set_postfix(accuracy=f"{100 * t.correct / len(t.outputs):.1f}%", refresh=False)
     for bar in set(bars):
         bar.close()
     return tallies
+
+
+def count(t, gen, problem, enc, eos_id):
+    """Add one generation to its strategy's Tally."""
+    answer = enc.decode([token for token in gen.tokens if token != eos_id])
+    t.answers.append(final_answer(answer))
+    t.right.append(t.answers[-1] == final_answer(problem["answer"]))
+    t.correct += t.right[-1]
+    checked = check_answer(problem["question"], answer)  # data/check.py
+    t.well_formed += checked.well_formed
+    t.worked += len(checked.steps)
+    t.worked_right += checked.steps_right
+    for a, op, b, _, right in checked.steps:
+        wrong_written = t.step_kinds.setdefault(step_kind(a, op, b), [0, 0])
+        wrong_written[0] += not right
+        wrong_written[1] += 1
+    t.outputs.append(gen.tokens)
+    t.chunks.append(gen.chunks)
+    t.tokens += len(gen.tokens)
+    t.tpf += gen.tokens_per_forward  # averaged per generation, as the paper does
+    t.forwards += gen.n_forward
+    t.draft_forwards += gen.n_draft_forward
+    for drafted, accepted in zip(gen.drafted, gen.accepted):  # speculative strategies only
+        t.steps += 1
+        t.accepted += accepted
+        for j in range(drafted):  # drafts past a rejection count as rejected
+            if j == len(t.proposed_at):
+                t.proposed_at.append(0)
+                t.accepted_at.append(0)
+            t.proposed_at[j] += 1
+            t.accepted_at[j] += j < accepted
+
+
+@torch.no_grad()
+def log_probability(model, prompt_ids, tokens, temperature):
+    """The total log-probability that `model` sampling at `temperature` (over every token, no
+    top-k) gives to `tokens` after the prompt: one pass over the whole sequence."""
+    device = model.lm_head.weight.device
+    logits, _ = model(torch.tensor([prompt_ids + tokens], device=device))           # (1, N, n_vocab)
+    scores = logits[0, len(prompt_ids) - 1:-1].float() / temperature                 # (len(tokens), n_vocab)
+    chosen = torch.tensor(tokens, device=device)[:, None]
+    return float(torch.log_softmax(scores, dim=-1).gather(-1, chosen).sum())
 
 
 def merge_tallies(parts):
@@ -183,15 +226,16 @@ def merge_tallies(parts):
                 mine += [0] * (len(value) - len(mine))
                 for j, v in enumerate(value):
                     mine[j] += v
-            elif name in ("outputs", "chunks"):
+            elif isinstance(value, list):  # per generation
                 mine.extend(value)
             else:
                 setattr(total, name, mine + value)
     return total
 
 
-def summarize(strategies, tallies):
-    """One row of results per strategy (what bench.json holds), from run_bench's tallies."""
+def summarize(strategies, tallies, samples=None):
+    """One row of results per strategy (what bench.json holds), from run_bench's tallies.
+    `samples`: a sampled bench's samples per problem, which adds the sampled columns (sampled_columns)."""
     outputs = {id(s): t.outputs for s, t in zip(strategies, tallies)}
     rows = []
     for s, t in zip(strategies, tallies):
@@ -208,8 +252,10 @@ def summarize(strategies, tallies):
                "acceptance_by_position": [round(a / p, 3) for a, p in zip(t.accepted_at, t.proposed_at)],
                "tokens_per_second": round(t.tokens / t.seconds, 1), "identical": None}
         reference = outputs.get(id(s.reference))
-        if reference is not None:  # lossless strategies: the share of outputs equal to their reference
+        if reference is not None and samples is None:  # lossless strategies: outputs equal to their reference's
             row["identical"] = round(100 * sum(a == b for a, b in zip(t.outputs, reference)) / done, 1)
+        if samples is not None:
+            row.update(sampled_columns(t, samples))
         rows.append(row)
     base = rows[0]["tokens_per_second"]
     for r, s, t in zip(rows, strategies, tallies):
@@ -218,6 +264,44 @@ def summarize(strategies, tallies):
                                             ("modelled_large", s.large, strategies[0].large[0])):
             r[column] = round(modelled_speedup(t.tokens, t.forwards, t.draft_forwards, *sizes, teacher_size), 2)
     return rows
+
+
+def sampled_columns(t, samples):
+    """What S samples of each problem say beyond the accuracy: the accuracy as the mean over
+    samples, with an interval that resamples problems (a problem's samples are not independent);
+    fidelity to the verifier's own distribution, the mean log-probability per token it gives the
+    row's samples; how many distinct answers each problem's samples wrote (the data branches, so
+    the model's own sampling writes several wordings); and the majority vote over each problem's
+    first m samples (self-consistency), m = 1..S, beside the passes it cost."""
+    n_problems = len(t.outputs) // samples
+    per_problem = lambda values: [values[i * samples:(i + 1) * samples] for i in range(n_problems)]  # noqa: E731
+    right, lengths = per_problem(t.right), per_problem([len(tokens) for tokens in t.outputs])
+    logprobs, outputs, answers = per_problem(t.logprobs), per_problem(t.outputs), per_problem(t.answers)
+    votes = [[r[a.index(majority(a[:m]))] for a, r in zip(answers, right)]  # right if the winner's samples are
+             for m in range(1, samples + 1)]
+    return {"samples": samples,
+            "accuracy_95": clustered_interval([sum(r) for r in right], [samples] * n_problems, 100),
+            "logprob_per_token": round(sum(t.logprobs) / t.tokens, 3),
+            "logprob_95": clustered_interval([sum(p) for p in logprobs], [sum(n) for n in lengths], 1, 3),
+            "distinct_per_problem": round(sum(len(set(map(tuple, o))) for o in outputs) / n_problems, 2),
+            "vote_accuracy": [round(100 * sum(v) / n_problems, 1) for v in votes],
+            "vote_95": wilson_interval(sum(votes[-1]), n_problems),
+            "passes_per_sample": round(t.forwards / len(t.outputs), 1)}
+
+
+def majority(answers):
+    """The answer most of them gave, the earliest on a tie (None, no answer, counts as one too)."""
+    return max(answers, key=lambda a: (answers.count(a), -answers.index(a)))
+
+
+def clustered_interval(numerators, denominators, scale=1, digits=1, resamples=2000):
+    """The 95% interval of sum(numerators) / sum(denominators) * scale when each problem gives one
+    numerator and one denominator (its samples' right answers and their number; its log-probability
+    and its tokens): a percentile bootstrap that resamples problems, not samples."""
+    a, b = np.array(numerators, dtype=float), np.array(denominators, dtype=float)
+    picks = np.random.default_rng(0).integers(0, len(a), size=(resamples, len(a)))
+    ratios = a[picks].sum(axis=1) / b[picks].sum(axis=1) * scale
+    return [round(float(np.percentile(ratios, 2.5)), digits), round(float(np.percentile(ratios, 97.5)), digits)]
 
 
 def modelled_speedup(tokens, forwards, draft_forwards, target_size, drafter_size, teacher_size):
@@ -320,9 +404,10 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
     chosen, T = set(args.strategies), teacher.num_params()
     decoder = CompiledDecoder if args.compile else (lambda model: model)  # how every strategy runs a model
     teacher_decoder = decoder(teacher)
-    by_teacher = Strategy("teacher", "ntp greedy", "ntp", partial(generate_ntp, teacher_decoder, **shared), n,
-                          (T, 0), (LARGE["teacher"], 0))  # the baseline, and the reference of the lossless
-    strategies = [by_teacher]                            # strategies that verify with the teacher
+    ntp = "ntp greedy" if args.temperature == 0 else "ntp sampling"
+    by_teacher = Strategy("teacher", ntp, "ntp", partial(generate_ntp, teacher_decoder, **shared), n,
+                          (T, 0), (LARGE["teacher"], 0), verifier=teacher)  # the baseline, and the reference of
+    strategies = [by_teacher]                                   # the lossless strategies that verify with the teacher
     if args.compare:
         students = {}
         for path in args.compare:
@@ -331,13 +416,14 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
                 raise UserError(f"two students are named {name!r}: --compare needs distinct file names")
             students[name] = load_student(path, args, teacher_ckpt, device)
             strategies += mtp_strategies(name, decoder(students[name][0]), students[name][1], args.static_k,
-                                         args.taus, n, shared, calibrated="calibrated" in chosen)
+                                         args.taus, n, shared, chosen)
         return strategies, students
 
     if "no_cache" in chosen and args.n_uncached:
         strategies.append(Strategy("teacher", "ntp greedy, no cache", "ntp",
                                    partial(generate_ntp, teacher, use_cache=False, **shared),
-                                   min(n, args.n_uncached), (T, 0), (LARGE["teacher"], 0), reference=by_teacher))
+                                   min(n, args.n_uncached), (T, 0), (LARGE["teacher"], 0), reference=by_teacher,
+                                   verifier=teacher))
     draft = student = None
     if os.path.exists(args.draft) and {"draft", "speculative"} & chosen:
         draft, _, draft_ckpt = load_for_decoding(args.draft, device, kinds=("draft",))
@@ -347,54 +433,63 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
         student, student_ckpt = load_student(args.student, args, teacher_ckpt, device)
         S, student_decoder, mask_ids = student.num_params(), decoder(student), student_mask_ids(student_ckpt)
     if draft is not None and "draft" in chosen:
-        strategies.append(Strategy("draft", "ntp greedy", "ntp", partial(generate_ntp, draft_decoder, **shared), n,
-                                   (D, 0), (LARGE["draft"], 0)))
+        strategies.append(Strategy("draft", ntp, "ntp", partial(generate_ntp, draft_decoder, **shared), n,
+                                   (D, 0), (LARGE["draft"], 0), verifier=draft))
     if student is not None:
         static_k = args.static_k if "static" in chosen else []
         student_rows = mtp_strategies("student", student_decoder, student_ckpt, static_k,
-                                      args.taus if "confadapt" in chosen else [], n, shared,
-                                      calibrated="calibrated" in chosen)
+                                      args.taus if "confadapt" in chosen else [], n, shared, chosen)
         if "self_speculative" in chosen:
-            if 1 not in static_k:  # its reference: the student's own k=1 greedy output
+            if 1 not in static_k:  # its reference: the student's own k=1 output
                 student_rows += mtp_strategies("student", student_decoder, student_ckpt, [1], [], n, shared)
             k1 = next(s for s in student_rows if s.k == 1)
             student_rows += [Strategy("student", f"self-speculative k={k}", "self-speculative",
                                       partial(generate_self_speculative, student_decoder, mask_ids=mask_ids, k=k,
-                                              **shared), n, (S, 0), (LARGE["student"], 0), reference=k1)
+                                              **shared), n, (S, 0), (LARGE["student"], 0), reference=k1,
+                                      verifier=student)
                              for k in args.self_k]
         strategies += student_rows
     if draft is not None and "speculative" in chosen:
         strategies += [Strategy("teacher + draft", f"speculative gamma={gamma}", "speculative",
                                 partial(generate_speculative, teacher_decoder, draft_decoder, gamma=gamma, **shared), n,
-                                (T, D), (LARGE["teacher"], LARGE["draft"]), reference=by_teacher)
+                                (T, D), (LARGE["teacher"], LARGE["draft"]), reference=by_teacher, verifier=teacher)
                        for gamma in args.gammas]
     if student is not None and "mtp_speculative" in chosen:
         strategies += [Strategy("teacher + student", f"MTP-drafted speculative k={k}", "MTP-drafted speculative",
                                 partial(generate_mtp_speculative, teacher_decoder, student_decoder, mask_ids=mask_ids,
                                         k=k, **shared), n,
-                                (T, S), (LARGE["teacher"], LARGE["student"]), reference=by_teacher)
+                                (T, S), (LARGE["teacher"], LARGE["student"]), reference=by_teacher, verifier=teacher)
                        for k in args.mtp_k]
     return strategies, {} if student is None else {"student": (student, student_ckpt)}
 
 
-def mtp_strategies(model, student, ckpt, static_k, taus, n, shared, calibrated=False):
-    """A student's static-k rows (k moving) and ConfAdapt rows (tau moving, k = its k_max); with
-    `calibrated` and a student that has fitted temperatures, the ConfAdapt rows again with its
-    confidences read at those temperatures (experiments.calibrated_confidence: the same taus,
-    another curve). `student` is the model the strategies run (CompiledDecoder with --compile)."""
+def mtp_strategies(model, student, ckpt, static_k, taus, n, shared, experiments=()):
+    """A student's static-k rows (k moving) and ConfAdapt rows (tau moving, k = its k_max). Each
+    of the gates.py experiments named in `experiments` adds the ConfAdapt rows again with its
+    `pick` (the same taus, another curve): "calibrated" (if the student has fitted temperatures),
+    "largest" and "sampled_at_1" (sampled benches). `student` is the model the strategies run
+    (CompiledDecoder with --compile), and the verifier of their samples."""
     mtp = dict(mask_ids=student_mask_ids(ckpt), bidirectional=ckpt["bidirectional"], **shared)
     sizes, large = (student.num_params(), 0), (LARGE["student"], 0)
-    gates = [("", "ConfAdapt", None)]
-    if calibrated and ckpt["temperatures"] is not None:
-        gates.append((", calibrated", "ConfAdapt, calibrated",
-                      partial(calibrated_confidence, temperatures=ckpt["temperatures"])))
+    curves = [("", "ConfAdapt", lambda tau: None)]  # (name suffix, family, tau -> pick)
+    if set(experiments) & {"calibrated", "largest", "sampled_at_1"}:
+        import gates as experiment  # loaded only when a row asks for it
+        if "calibrated" in experiments and ckpt["temperatures"] is not None:
+            curves.append((", calibrated", "ConfAdapt, calibrated",
+                          lambda tau: partial(experiment.calibrated_confidence, temperatures=ckpt["temperatures"])))
+        if "largest" in experiments:
+            curves.append((", largest probability", "ConfAdapt, largest probability",
+                          lambda tau: experiment.largest_confidence))
+        if "sampled_at_1" in experiments:
+            curves.append((", authors' sampling", "ConfAdapt, authors' sampling",
+                          lambda tau: partial(experiment.sampled_at_1, tau=tau)))
     return ([Strategy(model, f"static k={k}", "static k", partial(generate_mtp, student, k=k, **mtp), n, sizes, large,
-                      k=k)
+                      k=k, verifier=student)
              for k in static_k]
             + [Strategy(model, f"ConfAdapt tau={tau}{suffix}", family,
-                        partial(generate_mtp, student, k=ckpt["k_max"], tau=tau, confidence=confidence, **mtp),
-                        n, sizes, large, tau=tau)
-               for suffix, family, confidence in gates for tau in taus])
+                        partial(generate_mtp, student, k=ckpt["k_max"], tau=tau, pick=pick(tau), **mtp),
+                        n, sizes, large, tau=tau, verifier=student)
+               for suffix, family, pick in curves for tau in taus])
 
 
 def load_student(path, args, teacher_ckpt, device):
@@ -452,8 +547,16 @@ def load_problems(path, n):
 # The command line.
 
 STRATEGIES = ["ntp", "no_cache", "draft", "static", "confadapt", "calibrated", "speculative", "self_speculative",
-              "mtp_speculative"]
-DEFAULT_STRATEGIES = [s for s in STRATEGIES if s != "calibrated"]  # the calibrated gate is an experiment (results.md)
+              "mtp_speculative", "largest", "sampled_at_1"]
+SAMPLING_ONLY = ("largest", "sampled_at_1")  # gates.py's ways to sample: the same as ConfAdapt's greedy rows at T = 0
+# What a bench runs where its flags do not say. The greedy bench: every row of the lessons (the
+# calibrated gate is an experiment: results.md). The sampled bench (--temperature > 0) decodes
+# --samples of each problem, so it runs fewer rows: one per kind of strategy, and the rows they
+# are measured against (the teacher's and the student's own sampling, static k = 1).
+DEFAULTS = {"greedy": dict(strategies=",".join(s for s in STRATEGIES if s not in ("calibrated",) + SAMPLING_ONLY),
+                           static_k="1,2,3,4,5", taus="0.6,0.8,0.9,0.95,0.99,0.999", self_k="4,8", samples=1),
+            "sampled": dict(strategies="ntp,static,confadapt,speculative,self_speculative,mtp_speculative",
+                            static_k="1,3", taus="0.9,0.99", self_k="8", samples=4)}
 
 
 def parse_ints(text, flag):
@@ -486,13 +589,18 @@ def parse_args(argv=None):
                    help="ablations: static k and ConfAdapt rows for each of these students (named by their file: "
                    "student_NAME.pt), written to ablations.{json,md,png} and agreement.png instead (None: no "
                    "comparison, the bench of --teacher, --draft and --student)")
-    p.add_argument("--strategies", default=",".join(DEFAULT_STRATEGIES),
-                   help=f"which families to run, of {','.join(STRATEGIES)} (the teacher's cached NTP greedy always "
-                   "runs: it is the baseline)")
-    p.add_argument("--static_k", default="1,2,3,4,5", help="student: static k values (k=1 is the student's NTP)")
-    p.add_argument("--taus", default="0.6,0.8,0.9,0.95,0.99,0.999", help="student: ConfAdapt thresholds")
+    greedy, sampled = DEFAULTS["greedy"], DEFAULTS["sampled"]
+    p.add_argument("--strategies", default=None,
+                   help=f"which families to run, of {','.join(STRATEGIES)} (the teacher's cached NTP always runs: it is "
+                   f"the baseline; {' and '.join(SAMPLING_ONLY)}: gates.py's ways to sample, with --temperature) "
+                   f"(None: {greedy['strategies']}; sampled: {sampled['strategies']})")
+    p.add_argument("--static_k", default=None, help="student: static k values (k=1 is the student's NTP) "
+                   f"(None: {greedy['static_k']}; sampled: {sampled['static_k']})")
+    p.add_argument("--taus", default=None, help=f"student: ConfAdapt thresholds (None: {greedy['taus']}; "
+                   f"sampled: {sampled['taus']})")
     p.add_argument("--gammas", default="4", help="speculative: draft tokens per step")
-    p.add_argument("--self_k", default="4,8", help="self-speculative: positions read per pass")
+    p.add_argument("--self_k", default=None, help="self-speculative: positions read per pass "
+                   f"(None: {greedy['self_k']}; sampled: {sampled['self_k']})")
     p.add_argument("--mtp_k", default="4", help="MTP-drafted speculative: tokens the student drafts per pass")
     p.add_argument("--test", default=None, help="test.jsonl (None: next to the teacher's tokenizer)")
     p.add_argument("--n", type=int, default=400, help="test problems (the first n of the test file)")
@@ -506,13 +614,32 @@ def parse_args(argv=None):
     p.add_argument("--compile", action="store_true", help="every strategy decodes with fixed-shape passes through "
                    "torch.compile (decode.py --compile): the same tokens up to rounding (docs/results.md: what it gave "
                    "on a CPU)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0: the greedy bench; above 0 every strategy "
+                   "samples, --samples per problem, into sampling.{json,md,png} (the sampled bench)")
+    p.add_argument("--top_k", type=int, default=None, help="sampled bench: sample among the k likeliest tokens "
+                   "(None: all)")
+    p.add_argument("--samples", type=int, default=None, help="sampled bench: samples of each problem "
+                   f"(None: {sampled['samples']})")
+    p.add_argument("--seed", type=int, default=0, help="sampled bench: seeds every sample's draws")
     p.add_argument("--out_dir", default="out", help="where the results go")
     args = p.parse_args(argv)
-    check_flags(args, positive=("n", "max_new_tokens"), non_negative=("n_uncached", "n_chunks"))
+    check_flags(args, positive=("n", "max_new_tokens"), non_negative=("n_uncached", "n_chunks", "temperature"))
+    defaults = DEFAULTS["sampled" if args.temperature > 0 else "greedy"]
+    for flag, value in defaults.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, value)
+    if args.temperature == 0 and args.samples > 1:
+        raise UserError("greedy decoding writes the same answer every time: give --temperature > 0 for --samples")
+    if args.samples < 1 or (args.top_k is not None and args.top_k < 1):
+        raise UserError("--samples and --top_k must be >= 1")
+    if args.temperature > 0 and args.compare:
+        raise UserError("--compare runs the greedy bench of the ablations: drop --temperature")
     args.strategies = args.strategies.split(",")
     unknown = sorted(set(args.strategies) - set(STRATEGIES))
     if unknown:
         raise UserError(f"unknown strategies {', '.join(unknown)}: choose from {', '.join(STRATEGIES)}")
+    if args.temperature == 0 and set(SAMPLING_ONLY) & set(args.strategies):
+        raise UserError(f"{' and '.join(SAMPLING_ONLY)} are ways to sample: give --temperature > 0")
     args.static_k, args.taus = parse_ints(args.static_k, "--static_k"), parse_taus(args.taus)
     args.gammas, args.self_k = parse_ints(args.gammas, "--gammas"), parse_ints(args.self_k, "--self_k")
     args.mtp_k = parse_ints(args.mtp_k, "--mtp_k")
@@ -539,16 +666,24 @@ def main(args):
     test_path = args.test or os.path.join(os.path.dirname(teacher_ckpt["tokenizer"]), "test.jsonl")
     problems = load_problems(test_path, args.n)
     eos_id = enc.encode(EOT, allowed_special={EOT})[0]
-    shared = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id)
+    shared = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id, temperature=args.temperature, top_k=args.top_k)
     strategies, students = build_strategies(args, teacher, teacher_ckpt, len(problems), shared, device)
     if args.workers == "auto":
         args.workers = auto_workers(device)
     args.workers = min(args.workers, len(problems))
+    sampling = None
+    if args.temperature > 0:
+        sampling = dict(samples=args.samples, seed=args.seed, temperature=args.temperature, device=device)
     print(f"benchmarking {len(strategies)} strategies on {len(problems)} problems from {test_path} on {device}, "
           f"interleaved problem by problem" + (f", in {args.workers} processes of one thread" if args.workers > 1
-                                               else ""))
+                                               else "")
+          + (f"; sampling at temperature {args.temperature}" + (f", top {args.top_k}" if args.top_k else "")
+             + f", {args.samples} samples of each problem" if sampling else ""))
     t0 = time.time()
-    rows, tallies = run_bench(strategies, problems, enc, args.workers)
+    rows, tallies = run_bench(strategies, problems, enc, args.workers, sampling)
+    if sampling:
+        write_sampled(args, rows, strategies, tallies, problems, device, (time.time() - t0) / 60)
+        return
     calib = None
     k1 = {s.model: t.outputs for s, t in zip(strategies, tallies) if s.k == 1}
     if "student" in k1 and not args.compare:  # what ConfAdapt's gate lets through

@@ -4,6 +4,7 @@ Decoding strategies, one function each, all returning a `Generation` with the sa
     python decode.py --ckpt out/teacher.pt --prompt "Mia has 12 apples and buys 30 more. How many apples does she have?"
     python decode.py --ckpt out/teacher.pt --temperature 0.8 --top_k 20 --prompt "..."
     python decode.py --ckpt out/student.pt --tau 0.9 --show-chunks --prompt "..."   # ConfAdapt
+    python decode.py --ckpt out/student.pt --tau 0.9 --temperature 1 --show-chunks --prompt "..."  # ... sampled
     python decode.py --ckpt out/student.pt --static --k 3 --prompt "..."            # static k
     python decode.py --draft out/draft.pt --gamma 4 --show-chunks --prompt "..."    # speculative
     python decode.py --ckpt out/student.pt --self-speculative --k 4 --prompt "..."  # self-speculative
@@ -12,6 +13,8 @@ Decoding strategies, one function each, all returning a `Generation` with the sa
 Next-token prediction (NTP) pays one forward pass per token. The student emits several tokens
 per pass with its <MTP> masks (static k, ConfAdapt); speculative decoding lets a cheaper
 proposer draft tokens that the model deciding the output verifies in one pass (lossless).
+Every strategy samples above --temperature 0: the speculative ones stay lossless in
+distribution (rejection sampling); static k and ConfAdapt sample each position on its own.
 Every strategy feeds its model through `forward_new`, which keeps the KV cache holding a
 prefix of the accepted tokens, so throwing away masks or rejected drafts is a `cache.truncate`.
 What a strategy decides (how many tokens a pass may feed, how many ConfAdapt emits, which
@@ -34,7 +37,6 @@ from common import (HelpFormatter, UserError, check_flags, check_same_tokenizer,
                     student_k, student_mask_ids)
 from data.problems import format_prompt
 from data.tokenizer import EOT
-from experiments import calibrated_confidence, run_confidence
 from compiled import CompiledDecoder
 from model import KVCache
 
@@ -77,29 +79,33 @@ def generate_ntp(model, prompt_ids, max_new_tokens, eos_id, temperature=0.0, top
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < model.config.block_size:
         if use_cache:
-            logits = forward_new(model, cache, seq)[-1]
+            logits = forward_new(model, cache, seq)[-1:]                                       # (1, n_vocab)
         else:
-            logits = model(torch.tensor([seq], device=model.lm_head.weight.device))[0][0, -1]
+            logits = model(torch.tensor([seq], device=model.lm_head.weight.device))[0][0, -1:]
         out.n_forward += 1
-        token = pick_token(logits, temperature, top_k, generator)
-        if out.emit([token], eos_id, max_new_tokens):
+        token, _ = draw(logits, temperature, top_k, generator)  # [token]
+        if out.emit(token, eos_id, max_new_tokens):
             break
-        seq.append(token)
+        seq += token
     return out
 
 
 @torch.no_grad()
 def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, mask_ids, k, tau=None, bidirectional=False,
-                 confidence=None):
+                 temperature=0.0, top_k=None, generator=None, pick=None):
     """Multi-token prediction with the student's <MTP> masks (paper Sec. 3.4 and 4.5-4.6).
 
     Every forward pass feeds the newly accepted tokens plus k-1 masks (mask_ids[:k-1]: the
     student's masks by block offset, one <MTP> id repeated for the paper's student) and reads
-    k greedy predictions from the last k positions (the last real token predicts token 1,
-    mask j predicts token j+1). Static k (tau=None) emits all k. ConfAdapt(tau) emits the
-    longest leading run whose confidence, the largest probability, is >= tau, and always at
-    least one token (confadapt_emits). (`confidence`, a function of the pass's scores, replaces
-    that measure: the experiments of experiments.py.)
+    k predictions from the last k positions (the last real token predicts token 1, mask j
+    predicts token j+1): greedy, or above temperature 0 each position sampled from its own
+    distribution (pick_block). Static k (tau=None) emits all k. ConfAdapt(tau) emits the
+    longest leading run whose confidence, the probability the student gives its token, is
+    >= tau, and always at least one token (confadapt_emits). (`pick` replaces pick_block: the
+    experiments of gates.py.)
+    Sampled, a block is not a sample of the student's joint distribution: each position is
+    drawn from its own marginal, blind to what the positions before it drew (Sec. 3, the
+    "panda meat" example). No verification corrects that; ConfAdapt's gate only limits it.
     The masks' cache entries are stale once their tokens are known, so the cache is cut back
     to the last real token; the accepted tokens are fed as real tokens on the next pass.
     `bidirectional`: the student was distilled with masks that see each other both ways."""
@@ -113,9 +119,7 @@ def generate_mtp(model, prompt_ids, max_new_tokens, eos_id, mask_ids, k, tau=Non
         logits = forward_new(model, cache, seq, mask_ids[:n_masks], bidirectional)  # (n_masks + 1, n_vocab)
         out.n_forward += 1
         cache.truncate(len(seq))  # forget the masks' keys/values
-        scores = logits.float()
-        probability, tokens = torch.softmax(scores, dim=-1).max(dim=-1)  # (n_masks + 1,)
-        sure = probability if confidence is None else confidence(scores)
+        tokens, sure = (pick or pick_block)(logits.float(), temperature, top_k, generator)  # (n_masks + 1,) each
         chunk = tokens[:confadapt_emits(sure, tau)].tolist()
         if out.emit(chunk, eos_id, max_new_tokens):
             break
@@ -139,18 +143,13 @@ def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, gamm
         g = min(gamma, room(len(seq), target.config.block_size, max_new_tokens - len(out.tokens)))
         drafts, draft_probs = [], []
         for _ in range(g):  # the draft feeds its last draft and, after a full acceptance, the token after it
-            logits = forward_new(draft, d_cache, seq + drafts)[-1]
+            logits = forward_new(draft, d_cache, seq + drafts)[-1:]  # (1, n_vocab)
             out.n_draft_forward += 1
-            q = token_probs(logits, temperature, top_k) if temperature > 0 else None  # (n_vocab,)
-            drafts.append(int(torch.multinomial(q, 1, generator=generator)) if temperature > 0
-                          else int(torch.argmax(logits)))
-            draft_probs.append(q)
+            token, q = draw(logits, temperature, top_k, generator)
+            drafts, draft_probs = drafts + token, draft_probs + q
         logits = forward_new(target, t_cache, seq, drafts)  # (g + 1, n_vocab)
         out.n_forward += 1
-        if temperature == 0:
-            n, token = accept_greedy(drafts, logits.argmax(-1).tolist())
-        else:
-            n, token = accept_sampled(logits, drafts, draft_probs, temperature, top_k, generator)
+        n, token = accept(logits, drafts, draft_probs, temperature, top_k, generator)
         t_cache.truncate(len(seq) + n)                       # roll back the rejected drafts
         d_cache.truncate(min(d_cache.length, len(seq) + n))
         chunk = drafts[:n] + [token]
@@ -161,29 +160,31 @@ def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, gamm
 
 
 @torch.no_grad()
-def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, mask_ids, k):
+def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, mask_ids, k, temperature=0.0, top_k=None,
+                              generator=None):
     """Self-speculative MTP (blockwise parallel decoding, Stern et al. 2018; one of the paper's
     directions for future research, Sec. 6). One pass of the student feeds: the new real tokens,
     the drafts its masks made last pass, and k-1 fresh masks. Its next-token predictions at the
-    real and draft positions verify the drafts (greedy acceptance); if all stand, the masks,
-    which sit after the last draft, are the next drafts (next_drafts). Lossless: the output is
-    the student's own k=1 greedy output."""
+    real and draft positions verify the drafts (accept); if all stand, the masks, which sit
+    after the last draft, are the next drafts (next_drafts). Lossless: the output is the
+    student's own k=1 output, greedy or, above temperature 0, in distribution (a draft is drawn
+    from its mask's distribution and stands by rejection sampling)."""
     check_prompt(prompt_ids, model)
     check_k(k, model, mask_ids=mask_ids)
     cache = new_cache(model)
-    out, seq, drafts = Generation(tokens=[]), list(prompt_ids), []
+    out, seq, drafts, draft_probs = Generation(tokens=[]), list(prompt_ids), [], []
     while len(seq) < model.config.block_size:
         space = room(len(seq), model.config.block_size, max_new_tokens - len(out.tokens))  # drafts + masks
-        drafts = drafts[:space]
+        drafts, draft_probs = drafts[:space], draft_probs[:space]
         n_masks = min(k - 1, space - len(drafts))
         logits = forward_new(model, cache, seq, drafts + mask_ids[:n_masks])  # (len(drafts) + n_masks + 1, n_vocab)
         out.n_forward += 1
-        verdict = logits.argmax(-1).tolist()  # after the last real token, each draft, each mask
-        n, token = accept_greedy(drafts, verdict)
+        # After the last real token and each draft: the verdict; after each mask: the next drafts.
+        n, token = accept(logits[:len(drafts) + 1], drafts, draft_probs, temperature, top_k, generator)
         cache.truncate(len(seq) + n)  # keep the accepted drafts, forget rejected ones and the masks
         chunk = drafts[:n] + [token]
         done = out.emit(chunk, eos_id, max_new_tokens, drafted=len(drafts), accepted=n)
-        drafts = next_drafts(verdict, len(drafts), n)
+        drafts, draft_probs = draw(next_drafts(logits, len(drafts), n), temperature, top_k, generator)
         if done:
             break
         seq += chunk
@@ -191,25 +192,28 @@ def generate_self_speculative(model, prompt_ids, max_new_tokens, eos_id, mask_id
 
 
 @torch.no_grad()
-def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id, mask_ids, k):
+def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id, mask_ids, k, temperature=0.0,
+                             top_k=None, generator=None):
     """MTP-drafted speculative decoding: the student drafts k tokens in ONE pass (its last real
     token and k-1 masks), the teacher verifies them in one pass. Lossless: the output is the
-    teacher's greedy output; the student only decides how many passes it takes."""
+    teacher's greedy output, or above temperature 0 follows the teacher's distribution (each
+    draft drawn from its position's distribution, verified by rejection sampling); the student
+    only decides how many passes it takes."""
     check_prompt(prompt_ids, target)
     check_k(k, target, mask_ids=mask_ids)
     t_cache, s_cache = new_cache(target), new_cache(student)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < target.config.block_size:
         g = min(k, room(len(seq), target.config.block_size, max_new_tokens - len(out.tokens)))
-        drafts = []
+        drafts, draft_probs = [], []
         if g > 0:  # the student feeds <= k + 1 new tokens and k-1 masks
             s_logits = forward_new(student, s_cache, seq, mask_ids[:g - 1])  # (g, n_vocab)
             out.n_draft_forward += 1
             s_cache.truncate(len(seq))  # the masks are stale
-            drafts = s_logits.argmax(-1).tolist()
+            drafts, draft_probs = draw(s_logits, temperature, top_k, generator)
         logits = forward_new(target, t_cache, seq, drafts)  # (g + 1, n_vocab)
         out.n_forward += 1
-        n, token = accept_greedy(drafts, logits.argmax(-1).tolist())
+        n, token = accept(logits, drafts, draft_probs, temperature, top_k, generator)
         t_cache.truncate(len(seq) + n)
         chunk = drafts[:n] + [token]
         if out.emit(chunk, eos_id, max_new_tokens, drafted=g, accepted=n):
@@ -232,6 +236,30 @@ def confadapt_emits(confidence, tau):
     return max(1, int(below[0]) if len(below) else len(confidence))
 
 
+def pick_block(scores, temperature=0.0, top_k=None, generator=None):
+    """The tokens of a student's pass and ConfAdapt's confidence in each, from its scores
+    (..., n_vocab). Greedy: the argmax and its probability (the paper's gate). Sampled (scores
+    (n, n_vocab)): each position drawn from its own tempered distribution, and the confidence
+    the probability the student's own softmax (temperature 1, every token) gives the token
+    drawn: as temperature goes to 0 it becomes the greedy gate, and a token the model thinks
+    unlikely stops the run however the sampler sharpened or cut its distribution, the point
+    where the masks after it, which predicted as if the likely token came, stop being trusted.
+    (experiments.largest_confidence keeps the greedy gate's measure instead: docs/notebook.md.)"""
+    if temperature == 0:
+        probability, tokens = torch.softmax(scores, dim=-1).max(dim=-1)
+        return tokens, probability
+    tokens = torch.multinomial(token_probs(scores, temperature, top_k), 1, generator=generator)  # (n, 1)
+    return tokens[:, 0], torch.softmax(scores, dim=-1).gather(-1, tokens)[:, 0]
+
+
+def accept(logits, drafts, draft_probs, temperature, top_k, generator=None):
+    """Which drafts stand, given the verifier's logits (len(drafts) + 1, n_vocab) after the last
+    real token and after each draft: accept_greedy at temperature 0, accept_sampled above it."""
+    if temperature == 0:
+        return accept_greedy(drafts, logits.argmax(-1).tolist())
+    return accept_sampled(logits, drafts, draft_probs, temperature, top_k, generator)
+
+
 def accept_greedy(drafts, verdict):
     """Greedy verification. `verdict`: the verifier's greedy token after the last real token and
     after each draft (len(drafts) + 1). Returns (accepted, next_token): how many leading drafts
@@ -248,7 +276,7 @@ def accept_sampled(logits, drafts, draft_probs, temperature, top_k, generator=No
     (len(drafts) + 1, n_vocab), row j after the drafts before j; draft_probs: the distribution q
     each draft was drawn from. Draft d stands with probability min(1, p(d) / q(d)); at the first
     rejection the token is drawn from norm(max(0, p - q)). Every emitted token is then
-    distributed exactly as p. Returns (accepted, next_token), as accept_greedy."""
+    distributed exactly as p, whatever q was. Returns (accepted, next_token), as accept_greedy."""
     p = token_probs(logits, temperature, top_k)  # (len(drafts) + 1, n_vocab)
     for j, (d, q) in enumerate(zip(drafts, draft_probs)):
         if torch.rand((), device=p.device, generator=generator) * q[d] < p[j, d]:  # r < p(d) / q(d)
@@ -260,10 +288,10 @@ def accept_sampled(logits, drafts, draft_probs, temperature, top_k, generator=No
 
 
 def next_drafts(verdict, n_drafts, accepted):
-    """Self-speculative decoding: the masks' predictions (verdict after the drafts' places) follow
-    the last draft, i.e. the verifier's token after it; they hold only if every draft stood.
-    Otherwise the next pass drafts afresh."""
-    return verdict[n_drafts + 1:] if accepted == n_drafts else []
+    """Self-speculative decoding: the masks' predictions (what a pass read after the drafts'
+    places: tokens, or logits rows) follow the last draft, i.e. the verifier's token after it;
+    they hold only if every draft stood. Otherwise the next pass drafts afresh (none)."""
+    return verdict[n_drafts + 1:] if accepted == n_drafts else verdict[:0]
 
 
 def room(seq_len, block_size, left=math.inf):
@@ -282,11 +310,14 @@ def token_probs(logits, temperature, top_k):
     return torch.softmax(logits, dim=-1)
 
 
-def pick_token(logits, temperature, top_k, generator=None):
-    """The next token from (n_vocab,) logits: argmax at temperature 0, else a sample."""
+def draw(logits, temperature, top_k, generator=None):
+    """One token per row of (n, n_vocab) logits: the argmax at temperature 0, else a sample of
+    token_probs. Returns (tokens, probs), two lists of n: probs[j] is the distribution token j
+    was drawn from (None when greedy), which accept_sampled needs of a draft."""
     if temperature == 0:
-        return int(torch.argmax(logits))
-    return int(torch.multinomial(token_probs(logits, temperature, top_k), 1, generator=generator))
+        return logits.argmax(-1).tolist(), [None] * len(logits)
+    probs = token_probs(logits, temperature, top_k)  # (n, n_vocab)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0].tolist(), list(probs)
 
 
 # --------------------------------------------------------------------------------------
@@ -440,27 +471,29 @@ def main(args):
     t0 = time.time()
     if dckpt is not None and dckpt["kind"] == "student":
         k = student_k(args.k, dckpt, args.draft)
-        out = generate_mtp_speculative(model, drafter, mask_ids=student_mask_ids(dckpt), k=k, **shared)
+        out = generate_mtp_speculative(model, drafter, mask_ids=student_mask_ids(dckpt), k=k, **sampling, **shared)
         how = f"MTP-drafted speculative, student drafts k={k} per pass"
     elif dckpt is not None:
         out = generate_speculative(model, drafter, gamma=args.gamma, **sampling, **shared)
-        how = f"speculative, gamma={args.gamma}, " + ("greedy" if args.temperature == 0 else
-                                                      f"temperature {args.temperature}")
+        how = f"speculative, gamma={args.gamma}"
     elif args.self_speculative:
         k = student_k(args.k, ckpt, args.ckpt)
-        out = generate_self_speculative(model, mask_ids=student_mask_ids(ckpt), k=k, **shared)
+        out = generate_self_speculative(model, mask_ids=student_mask_ids(ckpt), k=k, **sampling, **shared)
         how = f"self-speculative, k={k}"
     elif ckpt["kind"] == "student":
+        from gates import calibrated_confidence, run_confidence  # experiments, loaded when their flag asks
         k, tau = student_k(args.k, ckpt, args.ckpt), None if args.static else args.tau
-        confidence = (partial(calibrated_confidence, temperatures=ckpt["temperatures"]) if args.calibrated
-                      else run_confidence if args.gate == "run" else None)
+        pick = (partial(calibrated_confidence, temperatures=ckpt["temperatures"]) if args.calibrated
+                else run_confidence if args.gate == "run" else None)
         out = generate_mtp(model, mask_ids=student_mask_ids(ckpt), k=k, tau=tau, bidirectional=ckpt["bidirectional"],
-                           confidence=confidence, **shared)
+                           pick=pick, **sampling, **shared)
         how = (f"static k={k}" if args.static else f"ConfAdapt tau={args.tau} ({args.gate} gate"
                + (", calibrated" if args.calibrated else "") + f"), k_max={k}")
     else:
         out = generate_ntp(model, use_cache=not args.no_cache, **sampling, **shared)
-        how = "NTP " + ("greedy" if args.temperature == 0 else f"sampling at temperature {args.temperature}")
+        how = "NTP"
+    how += ", greedy" if args.temperature == 0 else f", sampling at temperature {args.temperature}" + (
+        f", top {args.top_k}" if args.top_k else "")
     elapsed = time.time() - t0
     print(text + (show_chunks(enc, out, eos_id) if args.show_chunks
                   else enc.decode([t for t in out.tokens if t != eos_id])))

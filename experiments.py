@@ -7,9 +7,8 @@ given.
 - A mask-gated low-rank adapter (distill_mtp.py --adapter_rank r): the student learns its
   masks in a small update that only the <MTP> positions see. It kept k = 1 exactly the
   teacher's but learned the masks poorly (70.5% at 1.98 tokens per pass).
-- Two other gates for ConfAdapt (decode.py --gate run, --calibrated; bench.py --strategies
-  calibrated): what a pass's confidence is, before it is compared with tau. Both moved along
-  the paper's curve, not above it.
+
+ConfAdapt's other gates, decoding experiments, are in gates.py.
 """
 from functools import partial
 
@@ -60,23 +59,3 @@ def train_only_the_adapter(student, rank, mask_id):
     frozen_rows = torch.arange(student.config.vocab_size, device=student.lm_head.weight.device) < mask_id
     student.transformer.wte.weight.register_hook(lambda grad: grad.masked_fill(frozen_rows[:, None], 0.0))
     return student
-
-
-# --------------------------------------------------------------------------------------
-# ConfAdapt's confidence, other ways (decode.generate_mtp(confidence=...)). Each takes the
-# pass's scores over the vocabulary, (n, n_vocab) for block positions 1..n, and returns the
-# confidence, (n,), that ConfAdapt compares with tau; the tokens stay the argmax.
-
-def run_confidence(scores):
-    """decode.py --gate run: the product of the confidences up to each position, the student's
-    own odds that the whole run is right, so a run of tokens each barely above tau stops sooner."""
-    return torch.softmax(scores, dim=-1).amax(dim=-1).cumprod(0)
-
-
-def calibrated_confidence(scores, temperatures):
-    """decode.py --calibrated: each position's confidence at the temperature fitted for it after
-    distillation (distill_mtp.fit_temperatures), so that a confidence of tau is right about tau
-    of the time at every position. Dividing by a temperature leaves every argmax as it is.
-    Give it to generate_mtp as partial(calibrated_confidence, temperatures=...)."""
-    t = torch.tensor(temperatures[:len(scores)], device=scores.device)[:, None]  # (n, 1)
-    return torch.softmax(scores / t, dim=-1).amax(dim=-1)

@@ -383,3 +383,94 @@ def agreement_plot(students, path):
         ax.set_ylabel("agreement with teacher")
     fig.legend(loc="lower center", ncol=len(students), fontsize=8)
     save_figure(plt, fig, path, rect=(0, 0.06, 1, 1))  # room below for the legend
+
+
+# --------------------------------------------------------------------------------------
+# The sampled bench (bench.py --temperature T): what each strategy does to the model's
+# distribution, beside the greedy bench's rows where the same folder holds them.
+
+SAMPLED_STYLE = {**FAMILY_STYLE, "ConfAdapt, largest probability": ("tab:brown", "X"),
+                 "ConfAdapt, authors' sampling": ("tab:pink", "*")}
+
+
+def write_sampled(args, rows, strategies, tallies, problems, device, minutes):
+    """sampling.{json,md,png}, then the table on screen and the rows as one JSON line."""
+    os.makedirs(args.out_dir, exist_ok=True)
+    greedy_path = os.path.join(args.out_dir, "bench.json")
+    greedy = {}
+    if os.path.exists(greedy_path):  # the greedy bench of the same models: its rows by (model, strategy)
+        with open(greedy_path) as f:
+            greedy = {(r["model"], r["strategy"]): r for r in json.load(f)}
+    for r in rows:
+        r["verifier_logprob"] = own_logprob(rows, r)
+        g = greedy.get((r["model"], r["strategy"].replace("ntp sampling", "ntp greedy")))
+        r["greedy"] = None if g is None else {key: g[key] for key in ("accuracy", "tokens_per_forward")}
+    sampling = f"temperature {args.temperature}" + (f", top {args.top_k}" if args.top_k else "")
+    table = sampled_table(rows, args.samples)
+    command = "python bench.py " + " ".join(sys.argv[1:])
+    workers = f", {args.workers} processes of one thread each" if args.workers > 1 else ""
+    with open(os.path.join(args.out_dir, "sampling.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(os.path.join(args.out_dir, "sampling.md"), "w") as f:
+        f.write(f"Measured on {device}{workers} with `{command.strip()}` ({minutes:.1f} min): {len(problems)} "
+                f"problems, {args.samples} samples each, {sampling}.\n\n{table}\n")
+    sampled_plot(rows, args.samples, os.path.join(args.out_dir, "sampling.png"),
+                 f"{len(problems)} held-out problems, {args.samples} samples each, {sampling}, {device}, batch 1")
+    print("\n" + table + "\n")
+    print(f"{minutes:.1f} min; wrote " + ", ".join(os.path.join(args.out_dir, f"sampling.{ext}")
+                                                 for ext in ("json", "md", "png")))
+    print(json.dumps(rows))
+
+
+def own_logprob(rows, row):
+    """The log-probability per token that a row's verifier gives its own samples: the teacher's
+    NTP row for the teacher's rows, the student's k = 1 row for the student's (None if not run)."""
+    own = next((r for r in rows if (r["model"], r["family"]) == ("teacher", "ntp")) if row["model"] != "student"
+               else (r for r in rows if r["model"] == "student" and r["strategy"] == "static k=1"), None)
+    return None if own is None else own["logprob_per_token"]
+
+
+def sampled_table(rows, samples):
+    head = ["model", "strategy", "accuracy % (95% interval)", "greedy accuracy %", "well-formed %", "tokens/forward",
+            "speed-up", "modelled speed-up", "verifier's log-prob/token (95% interval)", "... of its own samples",
+            "distinct answers of " + str(samples), f"majority of {samples} % (95% interval)", "passes/sample"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], r["strategy"], with_interval(r), r["greedy"] and r["greedy"]["accuracy"], r["well_formed"],
+                 r["tokens_per_forward"], r["speedup"], r["modelled_ours"],
+                 f"{r['logprob_per_token']} ({r['logprob_95'][0]} to {r['logprob_95'][1]})", r["verifier_logprob"],
+                 r["distinct_per_problem"], f"{r['vote_accuracy'][-1]} ({r['vote_95'][0]}-{r['vote_95'][1]})",
+                 r["passes_per_sample"]]
+        lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def sampled_plot(rows, samples, path, title):
+    """Left: accuracy against tokens per forward pass, sampled (filled) and greedy (hollow, from
+    the greedy bench), one marker per strategy, a line from greedy to sampled. Right: the majority
+    vote over each problem's first m samples, m = 1..S, against the passes those m samples took
+    (of the model that decides: a speculative row's draft passes are not counted)."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    for r in rows:
+        color, marker = SAMPLED_STYLE.get(r["family"], ("grey", "o"))
+        x, y = r["tokens_per_forward"], r["accuracy"]
+        left.scatter([x], [y], color=color, marker=marker)
+        if r["greedy"]:
+            gx, gy = r["greedy"]["tokens_per_forward"], r["greedy"]["accuracy"]
+            left.scatter([gx], [gy], facecolors="none", edgecolors=color, marker=marker)
+            left.plot([gx, x], [gy, y], color=color, lw=0.8, alpha=0.5)
+        left.annotate(f"{r['model'].split(' ')[-1]} {r['strategy']}".replace("ntp sampling", "ntp"), (x, y),
+                      fontsize=7, xytext=(3, 3), textcoords="offset points", color=color)
+        passes = [m * r["passes_per_sample"] for m in range(1, samples + 1)]
+        right.plot(passes, r["vote_accuracy"], color=color, marker=marker, ms=4,
+                   label=f"{r['model']}: {r['strategy']}")
+    left.set_xlabel("tokens per forward pass (of the model that decides)", fontsize=9)
+    left.set_ylabel("accuracy, mean over samples (%): sampled filled, greedy hollow")
+    right.set_xlabel(f"forward passes per problem for m = 1..{samples} samples", fontsize=9)
+    right.set_ylabel("accuracy of the majority answer of m samples (%)")
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    save_figure(plt, fig, path)

@@ -6,7 +6,8 @@ from functools import partial
 import pytest
 import torch
 
-from bench import Strategy, Tally, auto_workers, calibration, first_departures, merge_tallies, run_bench, wilson_interval
+from bench import (Strategy, Tally, auto_workers, calibration, clustered_interval, first_departures, majority,
+                   merge_tallies, run_bench, sampled_columns, wilson_interval)
 from common import emit_only
 from conftest import TINY
 from data import problems
@@ -50,6 +51,38 @@ def test_merged_tallies_are_what_one_process_would_count():
         seconds=2.0, tpf=4.0, forwards=9, draft_forwards=3, steps=3, accepted=5, proposed_at=[3, 2, 1],
         accepted_at=[3, 2, 0], outputs=[[1], [2], [3]], chunks=[[1], [1], [1]])
     assert first.step_kinds == {"+ 1d": [1, 3]} and first.proposed_at == [2, 1]  # the shares are left as they were
+
+
+def test_sampled_columns_count_by_problem():
+    """Three problems, three samples each: the mean accuracy over samples, the distinct answers
+    per problem, the majority of the first m samples (earliest on a tie) and the verifier's
+    log-probability per token, by hand."""
+    t = Tally(outputs=[[1, 2], [1, 2], [3], [4], [5], [5], [6, 6], [7], [8]],
+              answers=["5", "5", "6", "1", "2", "2", "9", "3", "3"],
+              right=[True, True, False, False, True, True, False, True, True],
+              logprobs=[-1.0, -1.0, -2.0, -1.0, -1.0, -1.0, -4.0, -1.0, -1.0], forwards=18, tokens=11)
+    t.correct = sum(t.right)
+    c = sampled_columns(t, 3)
+    assert c["distinct_per_problem"] == round((2 + 2 + 3) / 3, 2)
+    # m=1: first samples right, wrong, wrong. m=2: ties go to the first: right, wrong, wrong.
+    # m=3: "5" twice (right), "2" twice (right), "3" twice (right).
+    assert c["vote_accuracy"] == [33.3, 33.3, 100.0]
+    assert c["logprob_per_token"] == round(-13.0 / 11, 3) and c["passes_per_sample"] == 2.0
+    assert c["accuracy_95"] == [66.7, 66.7]  # every problem 2 of 3: resampling problems cannot move it
+
+
+@pytest.mark.parametrize("answers, winner", [(["1", "2", "2"], "2"), (["1", "2"], "1"), ([None, None, "3"], None),
+                                             (["4"], "4")])
+def test_the_majority_is_the_commonest_answer_and_the_earliest_on_a_tie(answers, winner):
+    assert majority(answers) == winner
+
+
+def test_the_clustered_interval_widens_when_a_problems_samples_agree():
+    """Ten problems of four samples: all four right or all four wrong is one draw per problem,
+    not four, so its interval is wider than that of the same 20 of 40 right spread evenly."""
+    together = clustered_interval([4] * 5 + [0] * 5, [4] * 10, 100)
+    spread = clustered_interval([2] * 10, [4] * 10, 100)
+    assert spread == [50.0, 50.0] and together[0] < 30 and together[1] > 70
 
 
 @pytest.mark.parametrize("device, cores, workers", [

@@ -7,9 +7,13 @@ import torch
 from compiled import CompiledDecoder
 from conftest import MASK, MASKS, N_VOCAB, SMALL
 from decode import generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative, generate_speculative
-from experiments import calibrated_confidence, run_confidence
+from gates import calibrated_confidence, run_confidence
 from model import add_mask_token
 from test_decode import perturbed_copy, random_model
+
+
+def seeded():
+    return torch.Generator().manual_seed(0)
 
 
 def every_strategy(target, student, draft):
@@ -19,20 +23,24 @@ def every_strategy(target, student, draft):
     sample = dict(temperature=0.8, top_k=20)
     return {
         "ntp": lambda p: generate_ntp(target, p, **common),
-        "ntp sampling": lambda p: generate_ntp(target, p, generator=torch.Generator().manual_seed(0), **sample,
-                                               **common),
+        "ntp sampling": lambda p: generate_ntp(target, p, generator=seeded(), **sample, **common),
         "static k=3": lambda p: generate_mtp(student, p, k=3, **mtp),
         "ConfAdapt": lambda p: generate_mtp(student, p, k=3, tau=0.03, **mtp),
-        "ConfAdapt, run gate": lambda p: generate_mtp(student, p, k=3, tau=0.001, confidence=run_confidence, **mtp),
+        "ConfAdapt, run gate": lambda p: generate_mtp(student, p, k=3, tau=0.001, pick=run_confidence, **mtp),
         "ConfAdapt, calibrated": lambda p: generate_mtp(student, p, k=3, tau=0.03,
-                                                        confidence=partial(calibrated_confidence,
-                                                                           temperatures=[1.0, 0.7, 1.3]), **mtp),
+                                                        pick=partial(calibrated_confidence, temperatures=[1.0, 0.7, 1.3]),
+                                                        **mtp),
+        "ConfAdapt sampling": lambda p: generate_mtp(student, p, k=3, tau=0.03, **sample, **mtp, generator=seeded()),
         "ConfAdapt, bidirectional": lambda p: generate_mtp(student, p, k=3, tau=0.03, bidirectional=True, **mtp),
         "speculative": lambda p: generate_speculative(target, draft, p, gamma=3, **common),
         "speculative sampling": lambda p: generate_speculative(target, draft, p, gamma=3, **sample, **common,
-                                                               generator=torch.Generator().manual_seed(0)),
+                                                               generator=seeded()),
         "self-speculative": lambda p: generate_self_speculative(student, p, k=3, **mtp),
+        "self-speculative sampling": lambda p: generate_self_speculative(student, p, k=3, **sample, **mtp,
+                                                                         generator=seeded()),
         "MTP-drafted speculative": lambda p: generate_mtp_speculative(target, student, p, k=3, **mtp),
+        "MTP-drafted sampling": lambda p: generate_mtp_speculative(target, student, p, k=3, **sample, **mtp,
+                                                                   generator=seeded()),
     }
 
 

@@ -382,6 +382,36 @@ def test_the_bench_measures_the_student_and_its_lossless_strategies(distilled):
 
 
 @pytest.mark.slow
+def test_the_sampled_bench_measures_every_strategy_against_its_verifier(distilled):
+    """bench.py --temperature: S samples of each problem, every sampling strategy, the columns of
+    fidelity, diversity and the vote, the table, the picture, and the rows as the last line."""
+    d, _, _ = distilled
+    r = run_script("bench.py", "--teacher", str(d / "teacher.pt"), "--student", str(d / "student.pt"),
+                   "--draft", str(d / "none.pt"), "--n", "3", "--max_new_tokens", "20", "--device", "cpu",
+                   "--temperature", "1", "--samples", "2", "--taus", "0.9", "--static_k", "1", "--self_k", "4",
+                   "--strategies", "ntp,static,confadapt,self_speculative,mtp_speculative,largest,sampled_at_1",
+                   "--out_dir", str(d / "sampled"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.load(open(d / "sampled" / "sampling.json"))
+    assert [(row["model"], row["strategy"]) for row in rows] == [
+        ("teacher", "ntp sampling"), ("student", "static k=1"), ("student", "ConfAdapt tau=0.9"),
+        ("student", "ConfAdapt tau=0.9, largest probability"), ("student", "ConfAdapt tau=0.9, authors' sampling"),
+        ("student", "self-speculative k=4"), ("teacher + student", "MTP-drafted speculative k=4")]
+    for row in rows:
+        assert row["n"] == 6 and row["samples"] == 2 and row["identical"] is None
+        assert row["logprob_per_token"] < 0 and 1 <= row["distinct_per_problem"] <= 2
+        assert len(row["vote_accuracy"]) == 2 and all(0 <= v <= 100 for v in row["vote_accuracy"])
+        lo, hi = row["logprob_95"]
+        assert lo <= row["logprob_per_token"] <= hi
+    by_name = {row["strategy"]: row for row in rows}
+    assert by_name["self-speculative k=4"]["verifier_logprob"] == by_name["static k=1"]["logprob_per_token"]
+    assert by_name["MTP-drafted speculative k=4"]["verifier_logprob"] == by_name["ntp sampling"]["logprob_per_token"]
+    assert "| teacher | ntp sampling |" in (d / "sampled" / "sampling.md").read_text()
+    assert (d / "sampled" / "sampling.png").stat().st_size > 0
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == rows
+
+
+@pytest.mark.slow
 def test_the_ablation_comparison_draws_one_curve_per_student(distilled):
     d, distill, _ = distilled
     r = run_script(*distill, "--max_iters", "5", "--supervision", "ground_truth", "--out", str(d / "student_gt.pt"))

@@ -12,7 +12,8 @@ from decode import generate_mtp, generate_ntp, generate_self_speculative
 from distill_mtp import distill_loss, fit_temperatures, prediction_points
 from common import emit_only
 from ablations import ablation_loss
-from experiments import add_mask_adapter, calibrated_confidence, run_confidence
+from experiments import add_mask_adapter
+from gates import calibrated_confidence, run_confidence
 from test_distill import critic_loss_one_block_at_a_time
 from model import GPT, GPTConfig, add_mask_token, mask_tokens, mtp_layout
 
@@ -152,7 +153,7 @@ def test_the_run_gate_stops_where_the_product_of_confidences_falls_below_tau(stu
     >= tau, recomputed here from the same passes."""
     prompt, k, tau = [5, 6, 7], 4, 0.5
     out = generate_mtp(student, prompt, 24, eos_id=-1, mask_ids=MASKS, k=k, tau=tau,
-                       confidence=run_confidence)
+                       pick=run_confidence)
     seq = list(prompt)
     for size in out.chunks[:-1]:
         logits = student(torch.tensor([seq + [MASK] * (k - 1)]))[0][0, -k:, :N_VOCAB]
@@ -195,7 +196,9 @@ def test_the_calibrated_confidence_divides_each_positions_logits_by_its_temperat
     scores = 3 * torch.randn(3, N_VOCAB)  # (n, n_vocab): block positions 1..3 of a pass
     temperatures = [0.5, 2.0, 4.0, 8.0]   # k_max of them; a pass may read fewer
     expected = torch.stack([torch.softmax(scores[j] / t, -1).max() for j, t in enumerate(temperatures[:3])])
-    torch.testing.assert_close(calibrated_confidence(scores, temperatures), expected)
+    tokens, confidence = calibrated_confidence(scores, temperatures=temperatures)
+    assert torch.equal(tokens, scores.argmax(-1))
+    torch.testing.assert_close(confidence, expected)
 
 
 def test_temperatures_change_the_gate_and_never_the_tokens(student):
@@ -207,10 +210,10 @@ def test_temperatures_change_the_gate_and_never_the_tokens(student):
     calibrated = lambda temperatures: partial(calibrated_confidence, temperatures=temperatures)  # noqa: E731
     plain = generate_mtp(student, prompt, 24, tau=tau, **run)
     assert max(plain.chunks) > 1 and min(plain.chunks[:-1]) < k  # the plain gate stops some passes, not all
-    cold = generate_mtp(student, prompt, 24, tau=tau, confidence=calibrated([0.01] * k), **run)
+    cold = generate_mtp(student, prompt, 24, tau=tau, pick=calibrated([0.01] * k), **run)
     assert cold.chunks == [k] * 6 and cold.tokens == generate_mtp(student, prompt, 24, **run).tokens
     # Position 2 hot, the others cold: every pass stops after its first token.
-    hot = generate_mtp(student, prompt, 24, tau=tau, confidence=calibrated([0.01, 1e3, 0.01, 0.01]), **run)
+    hot = generate_mtp(student, prompt, 24, tau=tau, pick=calibrated([0.01, 1e3, 0.01, 0.01]), **run)
     assert hot.chunks == [1] * 24 and hot.tokens == generate_mtp(student, prompt, 24, **{**run, "k": 1}).tokens
 
 
