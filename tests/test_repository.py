@@ -162,7 +162,7 @@ def stage_rules():
 def test_the_stage_rules_are_all_seen():
     assert {target for target, _, _ in stage_rules()} == {
         "data/synth/train.bin", "out/teacher.pt", "out/draft.pt", "out/student.pt", "out/bench.json", "out/batch.json",
-        "out/ablations/student_%.pt", "out/ablations/teacher_learned_positions.pt",
+        "out/sampling.json", "out/ablations/student_%.pt", "out/ablations/teacher_learned_positions.pt",
         "out/ablations/student_learned_positions.pt"}
 
 
