@@ -1,8 +1,11 @@
 """Shared by every test file: tiny model shapes, the flags of a tiny training run, a tiny dataset
 made once per test session, and a helper to run scripts as a user would."""
+import json
 import os
+import select
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -11,6 +14,13 @@ sys.path.insert(0, ROOT)  # the tests import the scripts' modules (model, decode
 
 
 from model import GPTConfig  # noqa: E402 (needs ROOT on the path)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: a thread each (and each script a test starts)
+    # keeps them from taking turns on cores that both want.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch  # noqa: E402
+    torch.set_num_threads(1)
 
 # Models built in the tests: a tokenizer of N_VOCAB ids padded to VOCAB slots; <MTP> takes the
 # first free slot. SMALL is the draft beside a TINY target.
@@ -26,9 +36,28 @@ TINY_RUN = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size",
 TORCHRUN_2 = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]  # two processes, one machine
 
 
-def run_script(*args, cwd=ROOT, timeout=300):
-    """Run `python <args>` as a user would; returns the CompletedProcess (never raises on failure)."""
-    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run_script(*args, cwd=ROOT, timeout=300, warm=False):
+    """Run `python <args>` as a user would; returns the CompletedProcess (never raises on failure).
+    warm=True forks it from a Python that has imported torch already (tests/warm_python.py): the
+    same process a user starts, a second or two sooner, for scripts that stop early."""
+    if not warm:
+        return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    global _warm_python
+    if _warm_python is None or _warm_python.poll() is not None:
+        _warm_python = subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "warm_python.py")],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    with tempfile.TemporaryDirectory() as d:
+        out, err = os.path.join(d, "stdout"), os.path.join(d, "stderr")
+        _warm_python.stdin.write(json.dumps([list(args), str(cwd), out, err]) + "\n")
+        _warm_python.stdin.flush()
+        if not select.select([_warm_python.stdout], [], [], timeout)[0]:
+            _warm_python.kill()
+            raise subprocess.TimeoutExpired(args, timeout)
+        returncode = int(_warm_python.stdout.readline())
+        return subprocess.CompletedProcess(args, returncode, open(out).read(), open(err).read())
+
+
+_warm_python = None  # started by the first run_script(..., warm=True) of each test process
 
 
 @pytest.fixture(scope="session")

@@ -223,7 +223,8 @@ def test_distillation_teaches_the_masks_what_the_teacher_would_write():
     N, k = 32, 4
     x = counting(4, N, torch.Generator().manual_seed(1))
     points = prediction_points(N, k, n_points=6, offset=1)
-    opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
+    # 1e-2 also gets there, or not, by how the threads round: 3e-3 gets there every way tried
+    opt = torch.optim.AdamW(student.parameters(), lr=3e-3)
     agreement = []  # at the masks, by step
     for _ in range(600):
         loss, stats = distill_loss(student, teacher, x, x, k, points, MASKS, N_VOCAB)

@@ -76,7 +76,7 @@ def test_a_bad_input_gets_one_line_saying_what_to_do(places, what, command, expe
 
     args = shlex.split(fill(command))
     assert args[0] == "python"
-    r = run_script(*args[1:])
+    r = run_script(*args[1:], warm=True)
     assert r.returncode == 1, (what, r.stdout[-500:], r.stderr[-2000:])
     assert r.stderr.strip() == fill(expected), what  # the whole output: one line, no traceback
 

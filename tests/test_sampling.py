@@ -111,25 +111,26 @@ def total_variation(p, q):
 RUNS, BOUND = 600, 0.1
 
 
-def lossless_cases(target, student):
-    """The two strategies whose drafts come from the student's masks, max_new_tokens=3 so that the
-    second token is a draft that the verifier judges (the third pass is never reached)."""
+def lossless_cases(target, student, draft):
+    """The three drafting strategies, max_new_tokens=3 so that the second token is a draft that
+    the verifier judges (the third pass is never reached)."""
     run = dict(max_new_tokens=3, eos_id=-1, mask_ids=MASKS, temperature=TEMPERATURE, top_k=TOP_K)
     return {
+        "speculative": (target, lambda g: generate_speculative(target, draft, PROMPT, 3, -1, gamma=3, generator=g,
+                                                               temperature=TEMPERATURE, top_k=TOP_K)),
         "self-speculative": (student, lambda g: generate_self_speculative(student, PROMPT, k=4, generator=g, **run)),
         "MTP-drafted speculative": (target, lambda g: generate_mtp_speculative(target, student, PROMPT, k=4,
                                                                                generator=g, **run)),
     }
 
 
-@pytest.mark.parametrize("name", ["self-speculative", "MTP-drafted speculative"])
+@pytest.mark.parametrize("name", ["speculative", "self-speculative", "MTP-drafted speculative"])
 def test_drafting_strategies_sample_their_verifiers_distribution(models, name, monkeypatch):
-    """Over many seeded runs the first two tokens of self-speculative (verifier: the student's own
-    k = 1) and MTP-drafted speculative decoding (verifier: the teacher) follow the verifier's own
-    sampling, computed exactly; the drafts follow other distributions, which an acceptance that
-    let every draft stand would show."""
-    target, student, _ = models
-    verifier, generate = lossless_cases(target, student)[name]
+    """Over many seeded runs the first two tokens of speculative decoding with a draft model and
+    MTP-drafted speculative decoding (verifier: the teacher) and of self-speculative decoding
+    (verifier: the student's own k = 1) follow the verifier's own sampling, computed exactly; the
+    drafts follow other distributions, which an acceptance that let every draft stand would show."""
+    verifier, generate = lossless_cases(*models)[name]
     exact = pair_distribution(verifier, PROMPT, TEMPERATURE, TOP_K)
     assert total_variation(first_pairs(generate, RUNS), exact) < BOUND
 
