@@ -29,7 +29,7 @@ each row gets, beyond the above: the accuracy as the mean over samples (its inte
 problems), fidelity to the model's own distribution (the log-probability per token its verifier,
 the teacher or the student's k = 1, gives its samples at T, beside the same for the verifier's
 own samples: a lossless row matches it, a row too sure or too incoherent lies above or below),
-distinct answers per problem among the S, and the majority vote of the S (self-consistency)
+distinct samples (token sequences) per problem among the S, and the majority vote of the S (self-consistency)
 beside the passes it cost (`sampled_columns`). Writes out/sampling.{json,md,png} (report.py).
 """
 import argparse
@@ -270,7 +270,7 @@ def sampled_columns(t, samples):
     """What S samples of each problem say beyond the accuracy: the accuracy as the mean over
     samples, with an interval that resamples problems (a problem's samples are not independent);
     fidelity to the verifier's own distribution, the mean log-probability per token it gives the
-    row's samples; how many distinct answers each problem's samples wrote (the data branches, so
+    row's samples; how many distinct token sequences each problem's samples wrote (the data branches, so
     the model's own sampling writes several wordings); and the majority vote over each problem's
     first m samples (self-consistency), m = 1..S, beside the passes it cost."""
     n_problems = len(t.outputs) // samples
@@ -633,6 +633,8 @@ def parse_args(argv=None):
         raise UserError("greedy decoding writes the same answer every time: give --temperature > 0 for --samples")
     if args.samples < 1 or (args.top_k is not None and args.top_k < 1):
         raise UserError("--samples and --top_k must be >= 1")
+    if args.samples > 1000:  # each sample's seed is seed * 10**6 + problem * 1000 + sample (decode_share)
+        raise UserError("--samples above 1000 would reuse the seeds of the next problem's samples")
     if args.temperature > 0 and args.compare:
         raise UserError("--compare runs the greedy bench of the ablations: drop --temperature")
     args.strategies = args.strategies.split(",")

@@ -244,7 +244,7 @@ def pick_block(scores, temperature=0.0, top_k=None, generator=None):
     drawn: as temperature goes to 0 it becomes the greedy gate, and a token the model thinks
     unlikely stops the run however the sampler sharpened or cut its distribution, the point
     where the masks after it, which predicted as if the likely token came, stop being trusted.
-    (experiments.largest_confidence keeps the greedy gate's measure instead: docs/notebook.md.)"""
+    (gates.largest_confidence gates on the largest tempered probability instead: docs/notebook.md.)"""
     if temperature == 0:
         probability, tokens = torch.softmax(scores, dim=-1).max(dim=-1)
         return tokens, probability

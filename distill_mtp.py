@@ -200,7 +200,7 @@ def fit_temperatures(logits, targets, grid=TEMPERATURE_GRID):
     temperature per block position j: T_j minimises the cross-entropy of softmax(logits / T_j)
     against the critic's targets. A position whose confidence runs ahead of how often it is
     right gets T_j > 1, which lowers its confidence; dividing by T_j leaves every argmax as it is,
-    so only ConfAdapt's gate sees it (experiments.calibrated_confidence).
+    so only ConfAdapt's gate sees it (gates.calibrated_confidence).
     logits (n, k, V), targets (n, k). Returns k floats."""
     temperatures = []
     for j in range(logits.size(1)):

@@ -423,17 +423,18 @@ def write_sampled(args, rows, strategies, tallies, problems, device, minutes):
 
 
 def own_logprob(rows, row):
-    """The log-probability per token that a row's verifier gives its own samples: the teacher's
-    NTP row for the teacher's rows, the student's k = 1 row for the student's (None if not run)."""
-    own = next((r for r in rows if (r["model"], r["family"]) == ("teacher", "ntp")) if row["model"] != "student"
-               else (r for r in rows if r["model"] == "student" and r["strategy"] == "static k=1"), None)
+    """The log-probability per token that a row's verifier gives its own samples: the student's
+    k = 1 row for the student's rows, the draft model's NTP row for its own, the teacher's NTP
+    row for the teacher's and the speculative ones (None if not run)."""
+    model = {"student": "student", "draft": "draft"}.get(row["model"], "teacher")
+    own = next((r for r in rows if r["model"] == model and r["strategy"] in ("ntp sampling", "static k=1")), None)
     return None if own is None else own["logprob_per_token"]
 
 
 def sampled_table(rows, samples):
     head = ["model", "strategy", "accuracy % (95% interval)", "greedy accuracy %", "well-formed %", "tokens/forward",
             "speed-up", "modelled speed-up", "verifier's log-prob/token (95% interval)", "... of its own samples",
-            "distinct answers of " + str(samples), f"majority of {samples} % (95% interval)", "passes/sample"]
+            "distinct samples of " + str(samples), f"majority of {samples} % (95% interval)", "passes/sample"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["model"], r["strategy"], with_interval(r), r["greedy"] and r["greedy"]["accuracy"], r["well_formed"],

@@ -54,7 +54,7 @@ def test_merged_tallies_are_what_one_process_would_count():
 
 
 def test_sampled_columns_count_by_problem():
-    """Three problems, three samples each: the mean accuracy over samples, the distinct answers
+    """Three problems, three samples each: the mean accuracy over samples, the distinct samples
     per problem, the majority of the first m samples (earliest on a tie) and the verifier's
     log-probability per token, by hand."""
     t = Tally(outputs=[[1, 2], [1, 2], [3], [4], [5], [5], [6, 6], [7], [8]],
