@@ -9,6 +9,7 @@ Decoding strategies, one function each, all returning a `Generation` with the sa
     python decode.py --draft out/draft.pt --gamma 4 --show-chunks --prompt "..."    # speculative
     python decode.py --ckpt out/student.pt --self-speculative --k 4 --prompt "..."  # self-speculative
     python decode.py --draft out/student.pt --k 4 --show-chunks --prompt "..."      # MTP-drafted speculative
+    python decode.py --draft out/student.pt --tree 16 --show-tree --prompt "..."   # ... verifying a tree (tree.py)
 
 Next-token prediction (NTP) pays one forward pass per token. The student emits several tokens
 per pass with its <MTP> masks (static k, ConfAdapt); speculative decoding lets a cheaper
@@ -438,7 +439,12 @@ def parse_args():
                    "(a draft model; or a student, which drafts --k tokens in one pass; None: no draft, --ckpt "
                    "decodes alone)")
     p.add_argument("--gamma", type=int, default=4, help="speculative: tokens the draft model proposes per step")
+    p.add_argument("--tree", type=int, default=None, metavar="NODES",
+                   help="self-speculative and MTP-drafted: verify a tree of this many guesses per pass, grown from "
+                   "the masks' likeliest tokens (tree.py; greedy; None: a chain of one guess per mask)")
     p.add_argument("--show-chunks", action="store_true", help="mark the tokens of each step")
+    p.add_argument("--show-tree", action="store_true", help="with --tree: print the first pass's tree, the accepted "
+                   "path marked")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--compile", action="store_true", help="fixed-shape passes through torch.compile: the same "
                    "tokens up to rounding, the first passes waiting for the compiler (docs/results.md)")
@@ -449,6 +455,10 @@ def parse_args():
         raise UserError("--calibrated and --gate run are two different gates: give one of them")
     if args.top_k is not None and args.top_k < 1:
         raise UserError(f"--top_k must be >= 1, got {args.top_k}")
+    if args.tree is not None and args.tree < 1:
+        raise UserError(f"--tree takes the number of guesses per pass, >= 1, got {args.tree}")
+    if args.show_tree and args.tree is None:
+        raise UserError("--show-tree prints the tree of --tree: give --tree NODES too")
     return args
 
 
@@ -469,7 +479,20 @@ def main(args):
     sampling = dict(temperature=args.temperature, top_k=args.top_k, generator=generator)
 
     t0 = time.time()
-    if dckpt is not None and dckpt["kind"] == "student":
+    if args.tree is not None:  # tree.py's strategies: greedy, one pass per tree
+        import tree  # beside the core: loaded when its flag asks
+        trees = []
+        if args.self_speculative:
+            k = student_k(args.k, ckpt, args.ckpt)
+            out = tree.generate_tree_self_speculative(model, mask_ids=student_mask_ids(ckpt), k=k, budget=args.tree,
+                                                      trees=trees, **shared)
+            how = f"tree self-speculative, k={k}, {args.tree} guesses per pass"
+        else:
+            k = student_k(args.k, dckpt, args.draft)
+            out = tree.generate_tree_mtp_speculative(model, drafter, mask_ids=student_mask_ids(dckpt), k=k,
+                                                     budget=args.tree, trees=trees, **shared)
+            how = f"tree MTP-drafted speculative, student drafts k={k}, {args.tree} guesses per pass"
+    elif dckpt is not None and dckpt["kind"] == "student":
         k = student_k(args.k, dckpt, args.draft)
         out = generate_mtp_speculative(model, drafter, mask_ids=student_mask_ids(dckpt), k=k, **sampling, **shared)
         how = f"MTP-drafted speculative, student drafts k={k} per pass"
@@ -497,6 +520,10 @@ def main(args):
     elapsed = time.time() - t0
     print(text + (show_chunks(enc, out, eos_id) if args.show_chunks
                   else enc.decode([t for t in out.tokens if t != eos_id])))
+    if args.show_tree:
+        first = next((t for t in trees if t[0]), None)  # the first pass that verified a tree
+        print("\nThe first tree verified (each guess with the product of the masks' probabilities along its path; "
+              "* marks the path accepted):\n" + tree.show_tree(lambda token: enc.decode([token]), *first))
     drafts = f", {sum(out.accepted)}/{sum(out.drafted)} drafts accepted" if out.drafted else ""
     drafts += f", {out.n_draft_forward} draft passes" if out.n_draft_forward else ""
     print(f"\n[{how}: {len(out.tokens)} tokens in {out.n_forward} forward passes = "
@@ -518,6 +545,14 @@ def check_decode_flags(args, ckpt, dckpt):
     if args.self_speculative and ckpt["bidirectional"]:
         raise UserError(f"{args.ckpt} was distilled with --bidirectional blocks; self-speculative decoding drafts "
                         f"with causal ones: use ConfAdapt or static k with it")
+    if args.tree is not None:
+        if not (args.self_speculative or (dckpt is not None and dckpt["kind"] == "student")):
+            raise UserError("--tree verifies a student's guesses: give --self-speculative with a student as --ckpt, "
+                            "or a student as --draft")
+        if args.temperature > 0:
+            raise UserError("tree verification here is greedy: drop --temperature (or --tree, for the chain that samples)")
+        if args.compile:
+            raise UserError("--tree feeds a tree attention mask the compiled decoder does not take: drop --compile")
     confadapt = ckpt["kind"] == "student" and not (args.self_speculative or args.static)
     if args.calibrated and confadapt and ckpt["temperatures"] is None:
         raise UserError(f"{args.ckpt} has no fitted temperatures (it was distilled before they were): "

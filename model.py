@@ -39,9 +39,10 @@ class KVCache:
     masks or rejected drafts by lowering it (`truncate`), and the next pass writes over them.
     (A batch whose rows stand at different points keeps a length per row: batched.RowCache.)"""
 
-    def __init__(self, config, batch_size=1, device="cpu", dtype=torch.float32):
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.n_embd // config.n_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, block_size, hs)
+    def __init__(self, config, batch_size=1, device="cpu", dtype=torch.float32, scratch=0):
+        # `scratch` slots past the context: where a tree of drafts puts the nodes it may not keep (tree.py)
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size + scratch, config.n_embd // config.n_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, block_size + scratch, hs)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
 
@@ -60,6 +61,14 @@ class KVCache:
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot truncate a cache of length {self.length} to {length}")
         self.length = length
+
+    def keep(self, slots, start):
+        """Move the entries of `slots` (a list, in order) to the slots from `start` on and forget
+        every slot after them: the accepted path of a tree of drafts (tree.py), whose keys were
+        computed at the right positions, seeing the right tokens, but stored in scattered slots."""
+        self.k[:, :, :, start:start + len(slots)] = self.k[:, :, :, slots]  # the right side is a copy
+        self.v[:, :, :, start:start + len(slots)] = self.v[:, :, :, slots]
+        self.truncate(start + len(slots))
 
 
 def rotate(x, cos, sin):
@@ -84,7 +93,7 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
 
-    def forward(self, x, pos, rope, attn_mask, cache, layer):
+    def forward(self, x, slots, rope, attn_mask, cache, layer):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
@@ -92,14 +101,14 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if rope is not None:  # the cache keeps the keys turned, as the next passes read them
             q, k = rotate(q, *rope), rotate(k, *rope)
-        if cache is not None:  # write at the tokens' positions, then attend over the slots the mask covers
-            if pos.dim() == 1:
-                cache.k[layer, :, :, pos] = k.to(cache.k.dtype)
-                cache.v[layer, :, :, pos] = v.to(cache.v.dtype)
+        if cache is not None:  # write at the tokens' slots (their positions), then attend over the slots the mask covers
+            if slots.dim() == 1:
+                cache.k[layer, :, :, slots] = k.to(cache.k.dtype)
+                cache.v[layer, :, :, slots] = v.to(cache.v.dtype)
             else:  # a position per row (batched.py): each row writes its own slots
-                rows = torch.arange(B, device=x.device)[:, None]                      # (B, 1)
-                cache.k[layer, rows, :, pos] = k.transpose(1, 2).to(cache.k.dtype)  # indexed as (B, T, nh, hs)
-                cache.v[layer, rows, :, pos] = v.transpose(1, 2).to(cache.v.dtype)
+                rows = torch.arange(B, device=x.device)[:, None]                        # (B, 1)
+                cache.k[layer, rows, :, slots] = k.transpose(1, 2).to(cache.k.dtype)  # indexed as (B, T, nh, hs)
+                cache.v[layer, rows, :, slots] = v.transpose(1, 2).to(cache.v.dtype)
             n_keys = attn_mask.size(-1)
             k = cache.k[layer, :, :, :n_keys].to(q.dtype)  # (B, nh, n_keys, hs)
             v = cache.v[layer, :, :, :n_keys].to(q.dtype)
@@ -133,8 +142,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, pos, rope, attn_mask, cache, layer):
-        x = x + self.attn(self.ln_1(x), pos, rope, attn_mask, cache, layer)
+    def forward(self, x, slots, rope, attn_mask, cache, layer):
+        x = x + self.attn(self.ln_1(x), slots, rope, attn_mask, cache, layer)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -176,7 +185,7 @@ class GPT(nn.Module):
         """Parameters, not counting position embeddings (as nanoGPT reports them)."""
         return sum(p.numel() for p in self.parameters()) - (0 if self.config.rotary else self.transformer.wpe.weight.numel())
 
-    def forward(self, idx, targets=None, pos=None, attn_mask=None, cache=None):
+    def forward(self, idx, targets=None, pos=None, attn_mask=None, cache=None, slots=None):
         """
         idx:       (B, T) token ids
         targets:   (B, T) next-token ids, -1 where no loss is wanted; returns the mean loss too
@@ -190,6 +199,9 @@ class GPT(nn.Module):
                    cache.length, and the pass moves it past them (KVCache.advance); inside a
                    torch.compile graph it does not, and the caller advances it
                    (compiled.CompiledDecoder)
+        slots:     (T,) the cache slots the keys/values go to, when not `pos`: a tree of drafts
+                   feeds several tokens at one position, each in a slot of its own (tree.py);
+                   attn_mask then says which slots each token sees
         Returns (logits (B, T, vocab_size), loss or None).
         """
         B, T = idx.size()
@@ -199,8 +211,9 @@ class GPT(nn.Module):
             if T > self.config.block_size:
                 raise ValueError(f"{T} tokens do not fit the model's context of {self.config.block_size} tokens")
             pos = torch.arange(T, device=idx.device)  # (T,)
+        slots = pos if slots is None else slots
         if cache is not None and pos.dim() == 1 and not torch.compiler.is_compiling():
-            cache.advance(pos)  # (a compiled pass advances it outside the graph: compiled.py)
+            cache.advance(slots)  # (a compiled pass advances it outside the graph: compiled.py)
         if cache is not None and attn_mask is None:
             # The keys end at the last position fed: the slots after it hold nothing this pass may see.
             n_keys = int(pos.max()) + 1
@@ -217,7 +230,7 @@ class GPT(nn.Module):
             cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (T, hs/2) each, or (B, T, hs/2)
             rope = (cos, sin) if pos.dim() == 1 else (cos[:, None], sin[:, None])  # (B, 1, T, hs/2): every head alike
         for layer, block in enumerate(self.transformer.h):
-            x = block(x, pos, rope, attn_mask, cache, layer)
+            x = block(x, slots, rope, attn_mask, cache, layer)
         logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab_size)
 
         loss = None
