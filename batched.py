@@ -24,47 +24,66 @@ import torch
 from decode import (Generation, accept_greedy, check_draft, check_emits, check_k, check_prompt, confadapt_emits,
                     next_drafts, pick_block, room, see_each_other)
 from model import KVCache
+from tree import accept_tree, ancestors, depths, draft_tree, masks_after, self_tree_feed
 
 
 def padding_slot(config):
-    """Where a batch's padding stands: the context's last slot (RowCache.forward says why)."""
+    """Where a batch's padding stands: the context's last position (RowCache.forward says why)."""
     return config.block_size - 1
 
 
 class RowCache:
     """A KV cache for a batch whose rows stand at different points. Row i of the cache holds the
     first lengths[i] tokens of its sequence; lowering lengths[i] forgets the slots after them
-    (masks, rejected drafts), as KVCache.truncate does for one sequence."""
+    (masks, rejected drafts), as KVCache.truncate does for one sequence. `scratch`: slots past
+    the context, for the trees of tree.py (KVCache's)."""
 
-    def __init__(self, model, batch_size):
+    def __init__(self, model, batch_size, scratch=0):
         check_emits(model)
         self.model = model
-        self.cache = KVCache(model.config, batch_size, model.lm_head.weight.device, model.lm_head.weight.dtype)
+        self.cache = KVCache(model.config, batch_size, model.lm_head.weight.device, model.lm_head.weight.dtype,
+                             scratch)
         self.lengths = [0] * batch_size
 
-    def forward(self, feeds, n_bidirectional=None):
+    def forward(self, feeds, n_bidirectional=None, trees=None):
         """One pass of the model over every row: row i feeds the tokens feeds[i] (possibly none) at
         the positions after its first lengths[i]. Returns the logits (B, W, n_vocab), W the widest
         feed: row i's j-th token's prediction is logits[i, j]. `n_bidirectional`: per row, how many
-        of its last tokens see each other both ways (the masks of a --bidirectional student)."""
+        of its last tokens see each other both ways (the masks of a --bidirectional student).
+        `trees`: per row, the parents of the last len(trees[i]) tokens of its feed, a forest that
+        hangs from its last real token, fed as tree.forward_tree feeds one (none: [])."""
         W = max(len(f) for f in feeds)
         device, pad = self.cache.k.device, padding_slot(self.model.config)
         idx = torch.tensor([f + [0] * (W - len(f)) for f in feeds], device=device)            # (B, W)
         # A row stops once its sequence fills the context, and the token that fills it is emitted,
-        # never fed: so the context's last slot never holds a real token, and the padding stands there.
+        # never fed: so the context's last position never holds a real token, and the padding stands
+        # there, its keys and values in the cache's last slot (past every slot a real token takes).
         j = torch.arange(W, device=device)                                                   # (W,)
         start = torch.tensor(self.lengths, device=device)[:, None]                           # (B, 1)
         fed = torch.tensor([len(f) for f in feeds], device=device)[:, None]                  # (B, 1)
         pos = torch.where(j < fed, start + j, pad)                                           # (B, W)
+        slots = torch.where(j < fed, start + j, self.cache.k.size(3) - 1)                   # (B, W)
         n_keys = max(length + len(f) for length, f in zip(self.lengths, feeds))              # the last real slot + 1
-        assert n_keys <= pad, "a real token in the slot where the padding stands"
-        attn_mask = torch.arange(n_keys, device=device) <= pos[:, :, None]                  # (B, W, n_keys)
+        assert n_keys < self.cache.k.size(3), "a real token in the slot where the padding stands"
+        attn_mask = torch.arange(n_keys, device=device) <= slots[:, :, None]                # (B, W, n_keys)
         for i, n in enumerate(n_bidirectional or []):
             if n > 1:  # the row's last n tokens see each other whole
                 see_each_other(attn_mask[i], n, len(feeds[i]), self.lengths[i] + len(feeds[i]))
-        logits, _ = self.model(idx, pos=pos, attn_mask=attn_mask, cache=self.cache)
+        for i, parents in enumerate(trees or []):
+            if parents:  # node t at position (last real + its depth), seeing the prefix, its ancestors, itself
+                seq_len, end = self.lengths[i] + len(feeds[i]) - len(parents), self.lengths[i] + len(feeds[i])
+                pos[i, seq_len - self.lengths[i]:len(feeds[i])] = seq_len - 1 + torch.tensor(depths(parents))
+                attn_mask[i, seq_len - self.lengths[i]:len(feeds[i]), seq_len:end] = ancestors(parents, device)
+        logits, _ = self.model(idx, pos=pos, attn_mask=attn_mask, cache=self.cache, slots=slots)
         self.lengths = [length + len(f) for length, f in zip(self.lengths, feeds)]
         return logits
+
+    def keep_path(self, i, slots, start):
+        """Row i keeps its first `start` slots, then the entries of `slots` (a tree's accepted
+        path, as KVCache.keep)."""
+        self.cache.k[:, i, :, start:start + len(slots)] = self.cache.k[:, i, :, slots]
+        self.cache.v[:, i, :, start:start + len(slots)] = self.cache.v[:, i, :, slots]
+        self.lengths[i] = start + len(slots)
 
     def keep(self, rows):
         """Keep only these rows (indices into the current batch, in increasing order): the rows that
@@ -79,14 +98,14 @@ class Batch:
     every prompt's sequence and Generation, and one RowCache per model (the first: the model
     whose output it is)."""
 
-    def __init__(self, prompts, models, max_new_tokens):
+    def __init__(self, prompts, models, max_new_tokens, scratch=(0, 0)):
         for p in prompts:
             check_prompt(p, models[0])
         self.block_size, self.max_new_tokens = models[0].config.block_size, max_new_tokens
         self.seqs = [list(p) for p in prompts]
         self.outs = [Generation(tokens=[]) for _ in prompts]
         self.running = list(range(len(prompts)))
-        self.caches = [RowCache(m, len(prompts)) for m in models]
+        self.caches = [RowCache(m, len(prompts), n) for m, n in zip(models, scratch)]
 
     def room(self, r):
         """decode.room for prompt r: what its pass may feed after its last real token."""
@@ -242,4 +261,66 @@ def generate_mtp_speculative_batch(target, student, prompts, max_new_tokens, eos
                     batch.outs[r].n_draft_forward += 1
                     s_cache.lengths[i] = len(batch.seqs[r])  # the masks are stale
         batch.drop(verify(batch, t_cache, drafts, eos_id))
+    return batch.outs
+
+
+@torch.no_grad()
+def generate_tree_mtp_speculative_batch(target, student, prompts, max_new_tokens, eos_id, mask_ids, k, budget,
+                                        max_children=None):
+    """tree.generate_tree_mtp_speculative over a batch: one student pass gives every row's masks,
+    each row grows its own tree, one teacher pass verifies every row's tree."""
+    check_k(k, target, mask_ids=mask_ids)
+    batch = Batch(prompts, [target, student], max_new_tokens, scratch=(budget, 0))
+    t_cache, s_cache = batch.caches
+    while batch.running:
+        g = [min(k, batch.room(r)) for r in batch.running]
+        trees = [([], [], []) for _ in batch.running]  # (tokens, parents, scores) by row
+        if max(g) > 0:
+            feeds = [batch.seqs[r][length:] + mask_ids[:gi - 1] if gi > 0 else []
+                     for r, length, gi in zip(batch.running, s_cache.lengths, g)]
+            probs = torch.softmax(s_cache.forward(feeds).float(), -1)                      # (B, W, n_vocab)
+            for i, r in enumerate(batch.running):
+                if g[i] > 0:
+                    trees[i] = draft_tree(probs[i, len(feeds[i]) - g[i]:len(feeds[i])], budget, max_children)
+                    batch.outs[r].n_draft_forward += 1
+                    s_cache.lengths[i] = len(batch.seqs[r])  # the masks are stale
+        feeds = [batch.seqs[r][length:] + tokens for r, length, (tokens, _, _) in zip(batch.running, t_cache.lengths,
+                                                                                       trees)]
+        verdict = t_cache.forward(feeds, trees=[parents for _, parents, _ in trees]).argmax(-1).tolist()  # (B, W)
+        finished = []
+        for i, (r, feed, (tokens, parents, _)) in enumerate(zip(batch.running, feeds, trees)):
+            batch.outs[r].n_forward += 1
+            path, token = accept_tree(verdict[i][len(feed) - len(tokens) - 1:len(feed)], tokens, parents)
+            t_cache.keep_path(i, [len(batch.seqs[r]) + p for p in path], len(batch.seqs[r]))
+            finished.append(batch.emit(r, [tokens[p] for p in path] + [token], eos_id,
+                                       max(depths(parents), default=0), len(path)))
+        batch.drop(finished)
+    return batch.outs
+
+
+@torch.no_grad()
+def generate_tree_self_speculative_batch(model, prompts, max_new_tokens, eos_id, mask_ids, k, budget,
+                                         max_children=None, extra_ends=4):
+    """tree.generate_tree_self_speculative over a batch: each row feeds its new tokens, the tree
+    grown from its last pass's masks and the masks hung after some of its nodes (tree.self_tree_feed)."""
+    check_k(k, model, mask_ids=mask_ids)
+    extra_ends = min(extra_ends, budget)
+    batch = Batch(prompts, [model], max_new_tokens, scratch=(budget + (1 + extra_ends) * (k - 1),))
+    cache = batch.caches[0]
+    probs = {r: None for r in batch.running}  # by prompt: the masks' distributions of its last pass
+    while batch.running:
+        plans = [self_tree_feed(probs[r], batch.room(r), budget, max_children, extra_ends, mask_ids, k)
+                 for r in batch.running]  # (tokens, parents, scores, fed, fed_parents, groups) by row
+        feeds = [batch.seqs[r][length:] + plan[3] for r, length, plan in zip(batch.running, cache.lengths, plans)]
+        logits = cache.forward(feeds, trees=[plan[4] for plan in plans])                   # (B, W, n_vocab)
+        finished = []
+        for i, (r, feed, (tokens, parents, _, fed, _, groups)) in enumerate(zip(batch.running, feeds, plans)):
+            batch.outs[r].n_forward += 1
+            row = logits[i, len(feed) - len(fed) - 1:len(feed)]  # after the last real token on: (1 + len(fed), n_vocab)
+            path, token = accept_tree(row[:1 + len(tokens)].argmax(-1).tolist(), tokens, parents)
+            cache.keep_path(i, [len(batch.seqs[r]) + p for p in path], len(batch.seqs[r]))
+            probs[r] = masks_after(path, groups, row)
+            finished.append(batch.emit(r, [tokens[p] for p in path] + [token], eos_id,
+                                       max(depths(parents), default=0), len(path)))
+        batch.drop(finished)
     return batch.outs

@@ -38,7 +38,8 @@ import torch
 from tqdm import tqdm
 
 from batched import (generate_mtp_batch, generate_mtp_speculative_batch, generate_ntp_batch,
-                     generate_self_speculative_batch, generate_speculative_batch, padding_slot)
+                     generate_self_speculative_batch, generate_speculative_batch, generate_tree_mtp_speculative_batch,
+                     generate_tree_self_speculative_batch, padding_slot)
 from bench import load_problems, parse_ints
 from common import (HelpFormatter, UserError, check_flags, check_same_tokenizer, load_for_decoding, pick_device,
                     student_k, student_mask_ids)
@@ -92,7 +93,7 @@ class Counted:
     def reset(self):
         self.passes, self.fed, self.prompt_padded, self.padded = [], 0, 0, 0
 
-    def __call__(self, idx, pos, attn_mask, cache):
+    def __call__(self, idx, pos, attn_mask, cache, slots=None):
         rows, width = idx.shape
         real = int((pos != padding_slot(self.config)).sum())
         if self.passes:
@@ -101,7 +102,7 @@ class Counted:
             self.prompt_padded = rows * width - real
         self.fed += real
         self.passes.append((rows, width, attn_mask.size(-1)))
-        return self.model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
+        return self.model(idx, pos=pos, attn_mask=attn_mask, cache=cache, slots=slots)
 
 
 # The strategies: each runs its models wrapped in Counted.
@@ -126,6 +127,11 @@ def build_strategies(args, teacher, draft, student, student_ckpt, eos_id):
         lambda t, d, p, m: generate_speculative_batch(t, d, p, m, eos_id, gamma=args.gamma))
     add(f"MTP-drafted k={args.mtp_k}", ("8B", "8B"), [teacher, student],
         lambda t, s, p, m: generate_mtp_speculative_batch(t, s, p, m, k=args.mtp_k, **mtp))
+    k, nodes, ends = student_ckpt["k_max"], args.tree_nodes, args.tree_ends  # tree.py's, at the student's k_max
+    add(f"tree self-speculative k={k} nodes={nodes} ends={ends}", ("8B", None), [student],
+        lambda s, p, m: generate_tree_self_speculative_batch(s, p, m, k=k, budget=nodes, extra_ends=ends, **mtp))
+    add(f"tree MTP-drafted k={k} nodes={nodes}", ("8B", "8B"), [teacher, student],
+        lambda t, s, p, m: generate_tree_mtp_speculative_batch(t, s, p, m, k=k, budget=nodes, **mtp))
     return strategies
 
 
@@ -291,6 +297,10 @@ def parse_args(argv=None):
     p.add_argument("--self_k", type=int, default=4, help="self-speculative: positions read per pass")
     p.add_argument("--gamma", type=int, default=4, help="speculative: draft tokens per step")
     p.add_argument("--mtp_k", type=int, default=4, help="MTP-drafted speculative: tokens the student drafts per pass")
+    p.add_argument("--tree_nodes", type=int, default=16, help="the tree strategies (tree.py, k = the student's "
+                   "k_max): guesses verified per pass")
+    p.add_argument("--tree_ends", type=int, default=4, help="tree self-speculative: nodes beyond the likeliest "
+                   "path's end that get the next masks")
     p.add_argument("--test", default=None, help="test.jsonl (None: next to the teacher's tokenizer)")
     p.add_argument("--n", type=int, default=384, help="test problems (the first n): a multiple of every batch size "
                    "keeps every batch full")
@@ -300,7 +310,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--out_dir", default="out", help="where batch.{json,md,png} go")
     args = p.parse_args(argv)
-    check_flags(args, positive=("static_k", "self_k", "gamma", "mtp_k", "n", "max_new_tokens"))
+    check_flags(args, positive=("static_k", "self_k", "gamma", "mtp_k", "tree_nodes", "n", "max_new_tokens"),
+                non_negative=("tree_ends",))
     args.batch_sizes = sorted(set(parse_ints(args.batch_sizes, "--batch_sizes")))
     args.model_batch_sizes = sorted(set(parse_ints(args.model_batch_sizes, "--model_batch_sizes")))
     if args.batch_sizes[0] != 1:
@@ -335,7 +346,7 @@ def main(args):
         alone = None if b == 1 else {name: t for (name, _, _, _), t in zip(strategies, tallies_by_b[1])}
         rows += summarize(strategies, tallies_by_b[b], b, problems, enc, eos_id, alone)
     for r in rows:  # the lossless ones: identical to NTP's answers at the same batch size
-        if r["strategy"].startswith(("speculative", "MTP-drafted")):
+        if r["strategy"].startswith(("speculative", "MTP-drafted", "tree MTP-drafted")):
             ntp = tallies_by_b[r["batch_size"]][0]["outputs"]
             mine = tallies_by_b[r["batch_size"]][[s[0] for s in strategies].index(r["strategy"])]["outputs"]
             r["identical_to_ntp"] = round(100 * sum(a == b for a, b in zip(mine, ntp)) / len(ntp), 1)

@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from batched import (generate_mtp_batch, generate_mtp_speculative_batch, generate_ntp_batch,
-                     generate_self_speculative_batch, generate_speculative_batch)
+                     generate_self_speculative_batch, generate_speculative_batch, generate_tree_mtp_speculative_batch,
+                     generate_tree_self_speculative_batch)
 from common import emit_only
 from conftest import MASK, MASKS, N_VOCAB, SMALL, TINY
 from decode import generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative, generate_speculative
 from model import GPT, GPTConfig, add_mask_token
+from tree import generate_tree_mtp_speculative, generate_tree_self_speculative
 
 MAX_NEW = 30
 # Prompts of different lengths; the last ones run into the context's end (TINY: 64 tokens)
@@ -53,6 +55,18 @@ def student_per_offset(rotary):
 PER_OFFSET = list(range(MASK, MASK + 7))
 
 
+@functools.cache
+def sharp_models(rotary):
+    """A target with its matrices scaled up, whose greedy continuations vary with the context (a
+    fresh model's repeat one token), so a key from the wrong slot of a tree shows; its student."""
+    target = model(TINY, 0, rotary=rotary)
+    with torch.no_grad():
+        for p in target.parameters():
+            if p.dim() == 2:
+                p.mul_(10)
+    return target, add_mask_token(noisy_copy(target, 1, 0.01), MASK, torch.Generator().manual_seed(0))
+
+
 def strategies(rotary):
     """name -> (the batch-1 decoder, the batched one), both called as f(prompt(s), max_new, eos_id)."""
     target, student, draft = models(rotary)
@@ -74,6 +88,13 @@ def strategies(rotary):
                              lambda ps, m, e: generate_self_speculative_batch(student, ps, m, e, k=4, **mtp)),
         "MTP-drafted": (lambda p, m, e: generate_mtp_speculative(target, student, p, m, e, k=4, **mtp),
                         lambda ps, m, e: generate_mtp_speculative_batch(target, student, ps, m, e, k=4, **mtp)),
+        "tree MTP-drafted": (
+            lambda p, m, e: generate_tree_mtp_speculative(*sharp_models(rotary), p, m, e, k=6, budget=12, **mtp),
+            lambda ps, m, e: generate_tree_mtp_speculative_batch(*sharp_models(rotary), ps, m, e, k=6, budget=12, **mtp)),
+        "tree self-speculative": (
+            lambda p, m, e: generate_tree_self_speculative(sharp_models(rotary)[1], p, m, e, k=6, budget=12, **mtp),
+            lambda ps, m, e: generate_tree_self_speculative_batch(sharp_models(rotary)[1], ps, m, e, k=6, budget=12,
+                                                                  **mtp)),
     }
 
 
@@ -87,7 +108,7 @@ def steps(out):
 
 
 @pytest.mark.parametrize("name", ["NTP", "static k=3", "ConfAdapt", "static k=4, bidirectional", "speculative",
-                                  "self-speculative", "MTP-drafted"])
+                                  "self-speculative", "MTP-drafted", "tree MTP-drafted", "tree self-speculative"])
 @pytest.mark.parametrize("batch_size, rotary", [(1, True), (3, True), (8, True), (8, False)],
                          ids=["B=1", "B=3", "B=8", "B=8, learned positions"])
 def test_every_row_is_its_batch_1_generation(name, batch_size, rotary):
