@@ -29,9 +29,9 @@ endif
 PREPARE_PY := data/prepare.py data/problems.py data/tokenizer.py
 TRAIN_PY := train_ntp.py training.py common.py model.py experiments.py data/tokenizer.py
 DISTILL_PY := distill_mtp.py ablations.py training.py common.py model.py experiments.py data/tokenizer.py
-BENCH_PY := bench.py decode.py gates.py compiled.py report.py common.py model.py experiments.py data/check.py \
+BENCH_PY := bench.py decode.py tree.py gates.py compiled.py report.py common.py model.py experiments.py data/check.py \
 	data/problems.py data/tokenizer.py
-BATCH_PY := bench_batch.py batched.py bench.py decode.py gates.py compiled.py report.py common.py model.py experiments.py \
+BATCH_PY := bench_batch.py batched.py bench.py decode.py tree.py gates.py compiled.py report.py common.py model.py experiments.py \
 	data/check.py data/problems.py data/tokenizer.py
 
 .PHONY: demo test install clean ablations gpu-check batch sampling

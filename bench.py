@@ -55,6 +55,7 @@ from compiled import CompiledDecoder
 from decode import generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative, generate_speculative
 from model import mtp_layout
 from report import CURVES, write_outputs, write_sampled
+from tree import generate_tree_mtp_speculative, generate_tree_self_speculative
 
 
 @dataclass
@@ -70,6 +71,20 @@ class Strategy:
     tau: Optional[float] = None       # ConfAdapt's threshold
     k: Optional[int] = None           # static k's k
     verifier: object = None           # the model whose own sampling a sampled row is measured against (fidelity)
+    positions: object = None          # the PositionsFed of the model that decides (None: not counted)
+
+
+class PositionsFed:
+    """A forward pre-hook that counts the positions a model computes: rows x tokens of every pass,
+    whatever fills them (new tokens, drafts, masks, a tree's guesses). A pass of a small model
+    costs about the same whatever its width on a GPU, not on a CPU: the count says what a strategy
+    spends, beside the passes it saves."""
+
+    def __init__(self):
+        self.n = 0
+
+    def __call__(self, module, args, kwargs):
+        self.n += (args[0] if args else kwargs["idx"]).numel()
 
 
 @dataclass
@@ -81,6 +96,7 @@ class Tally:
     worked_right: int = 0             # ... and right
     step_kinds: dict = field(default_factory=dict)  # "* 2d x 1d -> 3d": [wrong, written]
     tokens: int = 0
+    positions: int = 0                # positions the deciding model computed after the prompts (PositionsFed)
     seconds: float = 0.0
     tpf: float = 0.0                  # the sum of each generation's tokens per forward pass
     forwards: int = 0
@@ -155,9 +171,12 @@ def decode_share(strategies, problems, enc, first=0, worker=0, workers=1, sampli
                 draws = {}
                 if sampling:  # this sample's own seed
                     draws["generator"] = generator.manual_seed(sampling["seed"] * 10**6 + (first + i) * 1000 + sample)
+                fed = s.positions.n if s.positions is not None else None
                 t0 = time.perf_counter()
                 gen = s.decode(prompt_ids, **draws)
                 t.seconds += time.perf_counter() - t0
+                if s.positions is not None:  # the prompt's positions but its last, which predicts the first new token
+                    t.positions += s.positions.n - fed - (len(prompt_ids) - 1)
                 count(t, gen, problem, enc, eos_id)
                 if sampling:
                     t.logprobs.append(log_probability(s.verifier, prompt_ids, gen.tokens, sampling["temperature"]))
@@ -247,6 +266,7 @@ def summarize(strategies, tallies, samples=None):
                "steps_right": round(100 * t.worked_right / max(1, t.worked), 1),
                "step_kinds": t.step_kinds,
                "tokens_per_forward": round(t.tpf / done, 2),
+               "positions_per_forward": round(t.positions / t.forwards, 1) if s.positions is not None else None,
                "forwards": round(t.forwards / done, 1), "draft_forwards": round(t.draft_forwards / done, 1),
                "accepted_per_step": round(t.accepted / t.steps, 2) if t.steps else None,
                "acceptance_by_position": [round(a / p, 3) for a, p in zip(t.accepted_at, t.proposed_at)],
@@ -404,10 +424,20 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
     chosen, T = set(args.strategies), teacher.num_params()
     decoder = CompiledDecoder if args.compile else (lambda model: model)  # how every strategy runs a model
     teacher_decoder = decoder(teacher)
+    counters = {}
+
+    def positions(model):  # one PositionsFed per model; with --compile none (a graph would guard on its count)
+        if not args.compile and id(model) not in counters:
+            counters[id(model)] = PositionsFed()
+            model.register_forward_pre_hook(counters[id(model)], with_kwargs=True)
+        return counters.get(id(model))
+
     ntp = "ntp greedy" if args.temperature == 0 else "ntp sampling"
     by_teacher = Strategy("teacher", ntp, "ntp", partial(generate_ntp, teacher_decoder, **shared), n,
-                          (T, 0), (LARGE["teacher"], 0), verifier=teacher)  # the baseline, and the reference of
-    strategies = [by_teacher]                                   # the lossless strategies that verify with the teacher
+                          (T, 0), (LARGE["teacher"], 0), verifier=teacher,  # the baseline, and the reference of
+                          positions=positions(teacher))  # the lossless strategies that verify with the teacher
+    strategies = [by_teacher]
+    greedy = dict(max_new_tokens=shared["max_new_tokens"], eos_id=shared["eos_id"])  # tree.py's strategies
     if args.compare:
         students = {}
         for path in args.compare:
@@ -416,59 +446,80 @@ def build_strategies(args, teacher, teacher_ckpt, n, shared, device):
                 raise UserError(f"two students are named {name!r}: --compare needs distinct file names")
             students[name] = load_student(path, args, teacher_ckpt, device)
             strategies += mtp_strategies(name, decoder(students[name][0]), students[name][1], args.static_k,
-                                         args.taus, n, shared, chosen)
+                                         args.taus, n, shared, chosen, positions(students[name][0]))
         return strategies, students
 
     if "no_cache" in chosen and args.n_uncached:
         strategies.append(Strategy("teacher", "ntp greedy, no cache", "ntp",
                                    partial(generate_ntp, teacher, use_cache=False, **shared),
                                    min(n, args.n_uncached), (T, 0), (LARGE["teacher"], 0), reference=by_teacher,
-                                   verifier=teacher))
+                                   verifier=teacher, positions=positions(teacher)))
     draft = student = None
     if os.path.exists(args.draft) and {"draft", "speculative"} & chosen:
         draft, _, draft_ckpt = load_for_decoding(args.draft, device, kinds=("draft",))
         check_same_tokenizer(teacher_ckpt, draft_ckpt, args.teacher, args.draft)
         D, draft_decoder = draft.num_params(), decoder(draft)
-    if os.path.exists(args.student) and {"static", "confadapt", "self_speculative", "mtp_speculative"} & chosen:
+    if os.path.exists(args.student) and {"static", "confadapt", "self_speculative", "mtp_speculative",
+                                         "tree_self_speculative", "tree_mtp_speculative"} & chosen:
         student, student_ckpt = load_student(args.student, args, teacher_ckpt, device)
         S, student_decoder, mask_ids = student.num_params(), decoder(student), student_mask_ids(student_ckpt)
     if draft is not None and "draft" in chosen:
         strategies.append(Strategy("draft", ntp, "ntp", partial(generate_ntp, draft_decoder, **shared), n,
-                                   (D, 0), (LARGE["draft"], 0), verifier=draft))
+                                   (D, 0), (LARGE["draft"], 0), verifier=draft, positions=positions(draft)))
     if student is not None:
         static_k = args.static_k if "static" in chosen else []
+        counted = positions(student)
         student_rows = mtp_strategies("student", student_decoder, student_ckpt, static_k,
-                                      args.taus if "confadapt" in chosen else [], n, shared, chosen)
-        if "self_speculative" in chosen:
-            if 1 not in static_k:  # its reference: the student's own k=1 output
-                student_rows += mtp_strategies("student", student_decoder, student_ckpt, [1], [], n, shared)
+                                      args.taus if "confadapt" in chosen else [], n, shared, chosen, counted)
+        if {"self_speculative", "tree_self_speculative"} & chosen:
+            if 1 not in static_k:  # their reference: the student's own k=1 output
+                student_rows += mtp_strategies("student", student_decoder, student_ckpt, [1], [], n, shared,
+                                               positions=counted)
             k1 = next(s for s in student_rows if s.k == 1)
             student_rows += [Strategy("student", f"self-speculative k={k}", "self-speculative",
                                       partial(generate_self_speculative, student_decoder, mask_ids=mask_ids, k=k,
                                               **shared), n, (S, 0), (LARGE["student"], 0), reference=k1,
-                                      verifier=student)
-                             for k in args.self_k]
+                                      verifier=student, positions=counted)
+                             for k in (args.self_k if "self_speculative" in chosen else [])]
+            k = student_ckpt["k_max"]
+            student_rows += [Strategy("student", f"tree self-speculative k={k} nodes={nodes} ends={ends}",
+                                      "tree self-speculative",
+                                      partial(generate_tree_self_speculative, student, mask_ids=mask_ids, k=k,
+                                              budget=nodes, extra_ends=nodes if ends == "all" else ends, **greedy),
+                                      n, (S, 0), (LARGE["student"], 0), reference=k1, verifier=student,
+                                      positions=counted)
+                             for nodes, ends in (args.tree_self if "tree_self_speculative" in chosen else [])]
         strategies += student_rows
     if draft is not None and "speculative" in chosen:
         strategies += [Strategy("teacher + draft", f"speculative gamma={gamma}", "speculative",
                                 partial(generate_speculative, teacher_decoder, draft_decoder, gamma=gamma, **shared), n,
-                                (T, D), (LARGE["teacher"], LARGE["draft"]), reference=by_teacher, verifier=teacher)
+                                (T, D), (LARGE["teacher"], LARGE["draft"]), reference=by_teacher, verifier=teacher,
+                                positions=positions(teacher))
                        for gamma in args.gammas]
     if student is not None and "mtp_speculative" in chosen:
         strategies += [Strategy("teacher + student", f"MTP-drafted speculative k={k}", "MTP-drafted speculative",
                                 partial(generate_mtp_speculative, teacher_decoder, student_decoder, mask_ids=mask_ids,
                                         k=k, **shared), n,
-                                (T, S), (LARGE["teacher"], LARGE["student"]), reference=by_teacher, verifier=teacher)
+                                (T, S), (LARGE["teacher"], LARGE["student"]), reference=by_teacher, verifier=teacher,
+                                positions=positions(teacher))
                        for k in args.mtp_k]
+    if student is not None and "tree_mtp_speculative" in chosen:
+        k = student_ckpt["k_max"]
+        strategies += [Strategy("teacher + student", f"tree MTP-drafted k={k} nodes={nodes}", "tree MTP-drafted",
+                                partial(generate_tree_mtp_speculative, teacher, student, mask_ids=mask_ids, k=k,
+                                        budget=nodes, **greedy), n,
+                                (T, S), (LARGE["teacher"], LARGE["student"]), reference=by_teacher, verifier=teacher,
+                                positions=positions(teacher))
+                       for nodes in args.tree_mtp]
     return strategies, {} if student is None else {"student": (student, student_ckpt)}
 
 
-def mtp_strategies(model, student, ckpt, static_k, taus, n, shared, experiments=()):
+def mtp_strategies(model, student, ckpt, static_k, taus, n, shared, experiments=(), positions=None):
     """A student's static-k rows (k moving) and ConfAdapt rows (tau moving, k = its k_max). Each
     of the gates.py experiments named in `experiments` adds the ConfAdapt rows again with its
     `pick` (the same taus, another curve): "calibrated" (if the student has fitted temperatures),
     "largest" and "sampled_at_1" (sampled benches). `student` is the model the strategies run
-    (CompiledDecoder with --compile), and the verifier of their samples."""
+    (CompiledDecoder with --compile), and the verifier of their samples; `positions` counts its passes."""
     mtp = dict(mask_ids=student_mask_ids(ckpt), bidirectional=ckpt["bidirectional"], **shared)
     sizes, large = (student.num_params(), 0), (LARGE["student"], 0)
     curves = [("", "ConfAdapt", lambda tau: None)]  # (name suffix, family, tau -> pick)
@@ -484,11 +535,11 @@ def mtp_strategies(model, student, ckpt, static_k, taus, n, shared, experiments=
             curves.append((", authors' sampling", "ConfAdapt, authors' sampling",
                           lambda tau: partial(experiment.sampled_at_1, tau=tau)))
     return ([Strategy(model, f"static k={k}", "static k", partial(generate_mtp, student, k=k, **mtp), n, sizes, large,
-                      k=k, verifier=student)
+                      k=k, verifier=student, positions=positions)
              for k in static_k]
             + [Strategy(model, f"ConfAdapt tau={tau}{suffix}", family,
                         partial(generate_mtp, student, k=ckpt["k_max"], tau=tau, pick=pick(tau), **mtp),
-                        n, sizes, large, tau=tau, verifier=student)
+                        n, sizes, large, tau=tau, verifier=student, positions=positions)
                for suffix, family, pick in curves for tau in taus])
 
 
@@ -547,17 +598,21 @@ def load_problems(path, n):
 # The command line.
 
 STRATEGIES = ["ntp", "no_cache", "draft", "static", "confadapt", "calibrated", "speculative", "self_speculative",
-              "mtp_speculative", "largest", "sampled_at_1"]
+              "mtp_speculative", "tree_self_speculative", "tree_mtp_speculative", "largest", "sampled_at_1"]
+TREES = ("tree_self_speculative", "tree_mtp_speculative")  # tree.py's: greedy, and not through the compiled decoder
 SAMPLING_ONLY = ("largest", "sampled_at_1")  # gates.py's ways to sample: the same as ConfAdapt's greedy rows at T = 0
 # What a bench runs where its flags do not say. The greedy bench: every row of the lessons (the
 # calibrated gate is an experiment: results.md). The sampled bench (--temperature > 0) decodes
 # --samples of each problem, so it runs fewer rows, to stay within 10 minutes on two cores: the
 # rows the others are measured against (the teacher's and the student's own sampling, static
-# k = 1), and one row of each strategy that the student's masks run.
+# k = 1), and one row of each strategy that the student's masks run. The trees: self-speculative
+# at one budget with the next masks after 4 and 8 nodes beyond the likeliest path's end, and after
+# every node (where they hang decides more than the budget: docs/notebook.md); MTP-drafted at two.
 DEFAULTS = {"greedy": dict(strategies=",".join(s for s in STRATEGIES if s not in ("calibrated",) + SAMPLING_ONLY),
-                           static_k="1,2,3,4,5", taus="0.6,0.8,0.9,0.95,0.99,0.999", self_k="4,8", samples=1),
+                           static_k="1,2,3,4,5", taus="0.6,0.8,0.9,0.95,0.99,0.999", self_k="4,8", mtp_k="4,8",
+                           tree_self="16:4,16:8,16:all", tree_mtp="16,64", samples=1),
             "sampled": dict(strategies="ntp,static,confadapt,self_speculative,mtp_speculative",
-                            static_k="1,3", taus="0.9", self_k="8", samples=4)}
+                            static_k="1,3", taus="0.9", self_k="8", mtp_k="4", tree_self="", tree_mtp="", samples=4)}
 
 
 def parse_ints(text, flag):
@@ -568,6 +623,18 @@ def parse_ints(text, flag):
     if min(values) < 1:
         raise UserError(f"{flag} values must be >= 1, got {text!r}")
     return values
+
+
+def parse_tree_rows(text):
+    """--tree_self: "16:4,32:all" -> [(16, 4), (32, "all")]."""
+    rows = []
+    for item in text.split(","):
+        nodes, _, ends = item.partition(":")
+        if not (nodes.isdigit() and int(nodes) >= 1 and (ends == "all" or ends.isdigit())):
+            raise UserError(f"--tree_self takes NODES:ENDS pairs (NODES >= 1, ENDS a number or all), e.g. 16:4,32:all; "
+                            f"got {text!r}")
+        rows.append((int(nodes), ends if ends == "all" else int(ends)))
+    return rows
 
 
 def parse_taus(text):
@@ -602,7 +669,13 @@ def parse_args(argv=None):
     p.add_argument("--gammas", default="4", help="speculative: draft tokens per step")
     p.add_argument("--self_k", default=None, help="self-speculative: positions read per pass "
                    f"(None: {greedy['self_k']}; sampled: {sampled['self_k']})")
-    p.add_argument("--mtp_k", default="4", help="MTP-drafted speculative: tokens the student drafts per pass")
+    p.add_argument("--mtp_k", default=None, help="MTP-drafted speculative: tokens the student drafts per pass "
+                   f"(None: {greedy['mtp_k']}; sampled: {sampled['mtp_k']})")
+    p.add_argument("--tree_self", default=None, help="tree self-speculative (tree.py, k = the student's k_max): "
+                   "NODES:ENDS per row, the guesses verified per pass and how many nodes beyond the likeliest path's "
+                   f"end get the next masks, a number or all (None: {greedy['tree_self']})")
+    p.add_argument("--tree_mtp", default=None, help="tree MTP-drafted speculative (tree.py, k = the student's k_max): "
+                   f"the guesses the teacher verifies per pass, one row each (None: {greedy['tree_mtp']})")
     p.add_argument("--test", default=None, help="test.jsonl (None: next to the teacher's tokenizer)")
     p.add_argument("--n", type=int, default=400, help="test problems (the first n of the test file)")
     p.add_argument("--n_uncached", type=int, default=50, help="problems for the slow no-cache row")
@@ -643,9 +716,17 @@ def parse_args(argv=None):
         raise UserError(f"unknown strategies {', '.join(unknown)}: choose from {', '.join(STRATEGIES)}")
     if args.temperature == 0 and set(SAMPLING_ONLY) & set(args.strategies):
         raise UserError(f"{' and '.join(SAMPLING_ONLY)} are ways to sample: give --temperature > 0")
+    if args.temperature > 0 and set(TREES) & set(args.strategies):
+        raise UserError("tree verification (tree.py) is greedy: drop the tree strategies or --temperature")
+    if args.compile and set(TREES) & set(args.strategies):
+        print("note: --compile leaves out the tree rows: a tree pass's attention mask is not one the compiled "
+              "decoder takes", file=sys.stderr)
+        args.strategies = [s for s in args.strategies if s not in TREES]
     args.static_k, args.taus = parse_ints(args.static_k, "--static_k"), parse_taus(args.taus)
     args.gammas, args.self_k = parse_ints(args.gammas, "--gammas"), parse_ints(args.self_k, "--self_k")
     args.mtp_k = parse_ints(args.mtp_k, "--mtp_k")
+    args.tree_mtp = parse_ints(args.tree_mtp, "--tree_mtp") if args.tree_mtp else []
+    args.tree_self = parse_tree_rows(args.tree_self) if args.tree_self else []
     if args.workers != "auto":
         args.workers = parse_ints(args.workers, "--workers")[0]
     return args

@@ -171,10 +171,10 @@ def calibration_plot(sums, path, title, calibrated=None):
 
 def markdown_table(rows):
     cols = ["model", "strategy", "n", "accuracy", "well_formed", "steps_right", "tokens_per_forward",
-            "accepted_per_step", "draft_forwards", "tokens_per_second", "speedup", "modelled_ours", "modelled_large",
+            "positions_per_forward", "accepted_per_step", "draft_forwards", "tokens_per_second", "speedup", "modelled_ours", "modelled_large",
             "identical"]
     head = ["model", "strategy", "problems", "accuracy % (95% interval)", "well-formed %", "steps right %", "tokens/forward",
-            "accepted drafts/step", "draft passes/problem", "tokens/s", "speed-up", "modelled speed-up, our sizes",
+            "positions/forward", "accepted drafts/step", "draft passes/problem", "tokens/s", "speed-up", "modelled speed-up, our sizes",
             "modelled speed-up, 8B + 1B", "identical to reference %"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -212,6 +212,7 @@ FAMILY_STYLE = {  # how each family is drawn in the Pareto picture
     "ConfAdapt, calibrated": ("tab:cyan", "d"),
     "speculative": ("tab:green", "^"), "self-speculative": ("tab:purple", "v"),
     "MTP-drafted speculative": ("tab:orange", "P"),
+    "tree self-speculative": ("tab:pink", "v"), "tree MTP-drafted": ("tab:olive", "P"),
 }
 
 
@@ -239,6 +240,9 @@ def pareto_plot(rows, path, title):
                            edgecolors=color, marker=marker)
             for r in fam:
                 tag = r["model"] if family == "ntp" else r["strategy"].split(" ")[-1]  # k=3, tau=0.9, gamma=2
+                if family.startswith("tree"):  # nodes=32 ends=4 -> n32 e4
+                    tag = " ".join(w for w in r["strategy"].split(" ") if w.startswith(("nodes=", "ends=")))
+                    tag = tag.replace("nodes=", "n").replace("ends=", "e")
                 ax.annotate(tag.replace("tau=", "").replace("gamma", "γ"), (r[x], r["accuracy"]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points", color=color)
         ax.axvline(1.0, color="grey", lw=0.5)

@@ -6,7 +6,7 @@ from functools import partial
 import pytest
 import torch
 
-from bench import (Strategy, Tally, auto_workers, calibration, clustered_interval, first_departures, majority,
+from bench import (PositionsFed, Strategy, Tally, auto_workers, calibration, clustered_interval, first_departures, majority,
                    merge_tallies, run_bench, sampled_columns, wilson_interval)
 from common import emit_only
 from conftest import TINY
@@ -108,13 +108,16 @@ def test_two_workers_count_what_one_counts(tiny_data):
     student = add_mask_token(GPT(config).eval(), enc.n_vocab, torch.Generator().manual_seed(0))
     teacher, draft, student = (emit_only(m, enc.n_vocab) for m in (teacher, draft, student))
     shared = dict(max_new_tokens=12, eos_id=eos)
-    ntp = Strategy("teacher", "ntp greedy", "ntp", partial(generate_ntp, teacher, **shared), 7, (1, 0), (1, 0))
+    counted = PositionsFed()  # the positions the teacher computes, counted in each worker, added up
+    teacher.register_forward_pre_hook(counted, with_kwargs=True)
+    ntp = Strategy("teacher", "ntp greedy", "ntp", partial(generate_ntp, teacher, **shared), 7, (1, 0), (1, 0),
+                   positions=counted)
     strategies = [ntp,
                   Strategy("student", "static k=3", "static k", partial(generate_mtp, student, mask_ids=[enc.n_vocab] * 2,
                                                                           k=3, **shared), 2, (1, 0), (1, 0)),
                   Strategy("teacher + draft", "speculative gamma=3", "speculative",
                            partial(generate_speculative, teacher, draft, gamma=3, **shared), 7, (1, 1), (1, 1),
-                           reference=ntp)]
+                           reference=ntp, positions=counted)]
     tests = [json.loads(line) for line in open(tiny_data / "test.jsonl")][:7]
     one_rows, one = run_bench(strategies, tests, enc, workers=1)
     two_rows, two = run_bench(strategies, tests, enc, workers=2)
@@ -122,6 +125,7 @@ def test_two_workers_count_what_one_counts(tiny_data):
     assert [{k: v for k, v in r.items() if k not in timing} for r in two_rows] == \
         [{k: v for k, v in r.items() if k not in timing} for r in one_rows]
     assert [len(t.outputs) for t in two] == [7, 2, 7]
+    assert two_rows[0]["positions_per_forward"] == 1.0 and two_rows[2]["positions_per_forward"] > 1
     for a, b in zip(one, two):
         assert (a.outputs, a.chunks, a.proposed_at, a.accepted_at) == (b.outputs, b.chunks, b.proposed_at,
                                                                        b.accepted_at)

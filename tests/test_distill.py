@@ -370,8 +370,10 @@ def test_the_bench_measures_the_student_and_its_lossless_strategies(distilled):
     d, _, _ = distilled
     r = run_script("bench.py", "--teacher", str(d / "teacher.pt"), "--student", str(d / "student.pt"),
                    "--draft", str(d / "none.pt"), "--n", "3", "--max_new_tokens", "20", "--device", "cpu",
-                   "--taus", "0.9", "--static_k", "1,2", "--self_k", "4", "--out_dir", str(d / "out"),
-                   "--strategies", "ntp,static,confadapt,calibrated,self_speculative,mtp_speculative")
+                   "--taus", "0.9", "--static_k", "1,2", "--self_k", "4", "--mtp_k", "4", "--out_dir", str(d / "out"),
+                   "--tree_self", "8:2,4:all", "--tree_mtp", "8", "--strategies",
+                   "ntp,static,confadapt,calibrated,self_speculative,mtp_speculative,tree_self_speculative,"
+                   "tree_mtp_speculative")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = {(row["model"], row["strategy"]): row for row in json.load(open(d / "out" / "bench.json"))}
     assert {("student", "static k=2"), ("student", "ConfAdapt tau=0.9"), ("student", "ConfAdapt tau=0.9, calibrated")
@@ -379,6 +381,12 @@ def test_the_bench_measures_the_student_and_its_lossless_strategies(distilled):
     assert "| ConfAdapt, calibrated |" in (d / "out" / "bench.md").read_text()  # its curve at matched speeds
     assert rows[("student", "self-speculative k=4")]["identical"] == 100.0  # == the student's k=1 output
     assert rows[("teacher + student", "MTP-drafted speculative k=4")]["identical"] == 100.0  # == the teacher's
+    k = torch.load(d / "student.pt", weights_only=True)["k_max"]
+    for name in (f"tree self-speculative k={k} nodes=8 ends=2", f"tree self-speculative k={k} nodes=4 ends=all"):
+        assert rows[("student", name)]["identical"] == 100.0
+    tree = rows[("teacher + student", f"tree MTP-drafted k={k} nodes=8")]
+    assert tree["identical"] == 100.0 and 1 < tree["positions_per_forward"] <= 9  # its last token and 8 guesses at most
+    assert rows[("teacher", "ntp greedy")]["positions_per_forward"] == 1.0  # cached NTP: one position per token
     assert (d / "out" / "chunks.png").stat().st_size > 0  # ConfAdapt's passes drawn as chunks
 
 
