@@ -86,7 +86,7 @@ def forward_tree(model, cache, seq, tokens, parents):
     in slot len(seq) + i, seeing the prefix and its ancestors. Returns the logits
     (1 + len(tokens), n_vocab): row 0 after the last real token, row 1 + i after token i."""
     start, real = cache.length, seq[cache.length:]
-    n_real, n = len(real), len(real) + len(tokens)
+    n_real = len(real)
     device = cache.k.device
     end = len(seq) + len(tokens)                                                   # slots written after the pass
     pos = torch.tensor(list(range(start, len(seq))) + [len(seq) - 1 + d for d in depths(parents)], device=device)
