@@ -60,7 +60,7 @@ def test_bench_batch_runs_end_to_end(tiny_models):
     result = json.loads((d / "batch.json").read_text())
     rows = {(row["batch_size"], row["strategy"]): row for row in result["rows"]}
     names = ["NTP", "static k=2", "ConfAdapt tau=0.9", "self-speculative k=2", "speculative gamma=2",
-             "MTP-drafted k=2"]
+             "MTP-drafted k=2", "tree self-speculative k=4 nodes=16 ends=4", "tree MTP-drafted k=4 nodes=16"]
     assert set(rows) == {(b, name) for b in (1, 3) for name in names}
     ntp = rows[1, "NTP"]
     assert (ntp["tokens_per_pass"], ntp["positions_per_token"], ntp["padding"], ntp["unused"]) == (1.0, 1.0, 0, 0)
@@ -70,6 +70,7 @@ def test_bench_batch_runs_end_to_end(tiny_models):
     assert rows[1, "NTP"]["drafter_positions_per_token"] is None
     assert rows[1, "static k=2"]["positions_per_token"] > 1  # the masks and the re-fed tokens
     assert rows[1, "speculative gamma=2"]["identical_to_ntp"] == 100
+    assert rows[3, "tree MTP-drafted k=4 nodes=16"]["identical_to_ntp"] == 100  # lossless in a batch too
     assert all(row["identical_to_batch_1"] == 100 for (b, _), row in rows.items() if b == 3)  # each row its batch-1 self
     assert set(result["modelled"]["NTP"]) == {"1", "3", "300"}
     assert (d / "batch.png").exists() and "stops paying" in (d / "batch.md").read_text()
