@@ -522,8 +522,11 @@ def main(args):
                   else enc.decode([t for t in out.tokens if t != eos_id])))
     if args.show_tree:
         first = next((t for t in trees if t[0]), None)  # the first pass that verified a tree
-        print("\nThe first tree verified (each guess with the product of the masks' probabilities along its path; "
-              "* marks the path accepted):\n" + tree.show_tree(lambda token: enc.decode([token]), *first))
+        if first is None:
+            print("\nNo pass verified a tree: the answer ended before any guess was drafted.")
+        else:
+            print("\nThe first tree verified (each guess with the product of the masks' probabilities along its "
+                  "path; * marks the path accepted):\n" + tree.show_tree(lambda token: enc.decode([token]), *first))
     drafts = f", {sum(out.accepted)}/{sum(out.drafted)} drafts accepted" if out.drafted else ""
     drafts += f", {out.n_draft_forward} draft passes" if out.n_draft_forward else ""
     print(f"\n[{how}: {len(out.tokens)} tokens in {out.n_forward} forward passes = "
