@@ -24,7 +24,7 @@ import torch
 from decode import (Generation, accept_greedy, check_draft, check_emits, check_k, check_prompt, confadapt_emits,
                     next_drafts, pick_block, room, see_each_other)
 from model import KVCache
-from tree import accept_tree, ancestors, depths, draft_tree, masks_after, self_tree_feed
+from tree import accept_tree, ancestors, depths, draft_tree, emitted, masks_after, self_tree_feed
 
 
 def padding_slot(config):
@@ -292,8 +292,8 @@ def generate_tree_mtp_speculative_batch(target, student, prompts, max_new_tokens
             batch.outs[r].n_forward += 1
             path, token = accept_tree(verdict[i][len(feed) - len(tokens) - 1:len(feed)], tokens, parents)
             t_cache.keep_path(i, [len(batch.seqs[r]) + p for p in path], len(batch.seqs[r]))
-            finished.append(batch.emit(r, [tokens[p] for p in path] + [token], eos_id,
-                                       max(depths(parents), default=0), len(path)))
+            chunk, counts = emitted(tokens, parents, path, token)
+            finished.append(batch.emit(r, chunk, eos_id, **counts))
         batch.drop(finished)
     return batch.outs
 
@@ -320,7 +320,7 @@ def generate_tree_self_speculative_batch(model, prompts, max_new_tokens, eos_id,
             path, token = accept_tree(row[:1 + len(tokens)].argmax(-1).tolist(), tokens, parents)
             cache.keep_path(i, [len(batch.seqs[r]) + p for p in path], len(batch.seqs[r]))
             probs[r] = masks_after(path, groups, row)
-            finished.append(batch.emit(r, [tokens[p] for p in path] + [token], eos_id,
-                                       max(depths(parents), default=0), len(path)))
+            chunk, counts = emitted(tokens, parents, path, token)
+            finished.append(batch.emit(r, chunk, eos_id, **counts))
         batch.drop(finished)
     return batch.outs

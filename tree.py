@@ -120,6 +120,12 @@ def accept_tree(verdict, tokens, parents):
     return path, verdict[node + 1]
 
 
+def emitted(tokens, parents, path, token):
+    """What a verified tree emits: the path's tokens, then the verifier's own; and what
+    Generation.emit counts of the step (drafted: the tree's depth; accepted: the path's length)."""
+    return [tokens[i] for i in path] + [token], dict(drafted=max(depths(parents), default=0), accepted=len(path))
+
+
 @torch.no_grad()
 def generate_tree_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id, mask_ids, k, budget,
                                   max_children=None, trees=None):
@@ -145,8 +151,8 @@ def generate_tree_mtp_speculative(target, student, prompt_ids, max_new_tokens, e
         t_cache.keep([len(seq) + i for i in path], len(seq))
         if trees is not None:
             trees.append((tokens, parents, scores, path))
-        chunk = [tokens[i] for i in path] + [token]
-        if out.emit(chunk, eos_id, max_new_tokens, drafted=max(depths(parents), default=0), accepted=len(path)):
+        chunk, counts = emitted(tokens, parents, path, token)
+        if out.emit(chunk, eos_id, max_new_tokens, **counts):
             break
         seq += chunk
     return out
@@ -182,8 +188,8 @@ def generate_tree_self_speculative(model, prompt_ids, max_new_tokens, eos_id, ma
         probs = masks_after(path, groups, logits)
         if trees is not None:
             trees.append((tokens, parents, scores, path))
-        chunk = [tokens[i] for i in path] + [token]
-        if out.emit(chunk, eos_id, max_new_tokens, drafted=max(depths(parents), default=0), accepted=len(path)):
+        chunk, counts = emitted(tokens, parents, path, token)
+        if out.emit(chunk, eos_id, max_new_tokens, **counts):
             break
         seq += chunk
     return out

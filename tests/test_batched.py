@@ -15,6 +15,7 @@ from common import emit_only
 from conftest import MASK, MASKS, N_VOCAB, SMALL, TINY
 from decode import generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative, generate_speculative
 from model import GPT, GPTConfig, add_mask_token
+from test_decode import sharpened
 from tree import generate_tree_mtp_speculative, generate_tree_self_speculative
 
 MAX_NEW = 30
@@ -57,13 +58,8 @@ PER_OFFSET = list(range(MASK, MASK + 7))
 
 @functools.cache
 def sharp_models(rotary):
-    """A target with its matrices scaled up, whose greedy continuations vary with the context (a
-    fresh model's repeat one token), so a key from the wrong slot of a tree shows; its student."""
-    target = model(TINY, 0, rotary=rotary)
-    with torch.no_grad():
-        for p in target.parameters():
-            if p.dim() == 2:
-                p.mul_(10)
+    """A sharpened target (test_decode.sharpened), so a key from the wrong slot of a tree shows; its student."""
+    target = sharpened(model(TINY, 0, rotary=rotary))
     return target, add_mask_token(noisy_copy(target, 1, 0.01), MASK, torch.Generator().manual_seed(0))
 
 

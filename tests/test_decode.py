@@ -28,12 +28,26 @@ def target():
     return random_model(TINY, 0)
 
 
-@pytest.fixture(scope="module")
-def student(target):
+def student_of(target):
     """A student of `target`: a noisy copy plus the mask token (random, so its drafts are imperfect)."""
     s = perturbed_copy(target, 1, 0.01)
     add_mask_token(s, MASK, torch.Generator().manual_seed(0))
     return s
+
+
+def sharpened(model):
+    """`model` with its matrices scaled up tenfold: its greedy continuations vary with the context
+    (a fresh random model's repeat one token), so a key or value from the wrong cache slot shows."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(10)
+    return model
+
+
+@pytest.fixture(scope="module")
+def student(target):
+    return student_of(target)
 
 
 def drafts_of(target):

@@ -8,30 +8,19 @@ import torch
 from conftest import MASK, MASKS, N_VOCAB, TINY
 from decode import generate_mtp_speculative, generate_ntp, generate_self_speculative
 from model import KVCache
-from test_decode import perturbed_copy, random_model
+from test_decode import random_model, sharpened, student_of
 from tree import (accept_tree, depths, draft_tree, forward_tree, generate_tree_mtp_speculative,
                   generate_tree_self_speculative, show_tree, tree_cache)
-from model import add_mask_token
 
 
 @pytest.fixture(scope="module")
 def target():
-    """A random model with its matrices scaled up: its greedy continuations vary with the context
-    (a fresh model's repeat one token), so a key or value from the wrong slot changes them."""
-    model = random_model(TINY, 0)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(10)
-    return model
+    return sharpened(random_model(TINY, 0))
 
 
 @pytest.fixture(scope="module")
 def student(target):
-    """A noisy copy of `target` with a mask token, whose masks' guesses are right now and then."""
-    s = perturbed_copy(target, 1, 0.01)
-    add_mask_token(s, MASK, torch.Generator().manual_seed(0))
-    return s
+    return student_of(target)
 
 
 def prompt_of(length):
