@@ -3,7 +3,7 @@ Distill the NTP teacher into a multi-token (MTP) student, online, with the criti
 (Kirchenbauer et al. 2026, arXiv 2602.06019, Sec. 3.3 and 4; docs/method.md explains it).
 
     python distill_mtp.py                       # CPU default: out/teacher.pt -> out/student.pt
-    python distill_mtp.py --preset gpu          # one GPU (torch.compile; bf16 where the GPU has it)
+    python distill_mtp.py --preset gpu          # one GPU (torch.compile; bf16 where the GPU has it, else fp16)
     python distill_mtp.py --show-mask           # print the training layout and attention mask
     python distill_mtp.py --resume              # continue from the checkpoint at --out
     torchrun --nproc_per_node=2 distill_mtp.py  # data parallel
@@ -34,8 +34,8 @@ from data.tokenizer import EOT
 from experiments import train_only_the_adapter
 from model import add_mask_token, mask_tokens, mtp_layout
 from training import (add_training_flags, all_ranks_mean, any_process_stopped, autocast_context, finish, get_batch,
-                      get_lr, load_tokens, open_run, parse_with_presets, resolve_bf16, restore_run, save_run,
-                      settings_line, setup_processes, stop_on_signals, wrap_model)
+                      get_lr, gradient_scaler, load_tokens, open_run, parse_with_presets, resolve_precision,
+                      restore_run, save_run, settings_line, setup_processes, stop_on_signals, wrap_model)
 
 PRESETS = {
     # Denser prediction points than the paper's N / (2 k_max): each block adds only k-1 tokens
@@ -272,8 +272,8 @@ def load_teacher_and_student(path, device, seed, mask_per_offset=False, k_max=2,
 def main(args):
     procs = setup_processes(args.device, args.grad_accum)
     log = print if procs.master else (lambda *a, **k: None)
-    bf16_why = resolve_bf16(args, procs.device)  # --bf16 auto becomes True or False here, on every rank
-    log(settings_line(args, bf16=bf16_why))
+    precision_why = resolve_precision(args, procs.device)  # auto becomes bf16, fp16 or fp32 here, on every rank
+    log(settings_line(args, precision=precision_why))
     torch.manual_seed(args.seed)
     teacher, teacher_ckpt, enc, student, mask_id = load_teacher_and_student(
         args.teacher, procs.device, args.seed, args.mask_per_offset, args.k_max, args.adapter_rank)
@@ -290,15 +290,16 @@ def main(args):
     # offset from one stream correlates them, so some offsets would only ever meet some k.)
     data_gen, k_gen, offset_gen = (torch.Generator().manual_seed(args.seed + i) for i in range(3))
     generators = {"data_gen": data_gen, "k_gen": k_gen, "offset_gen": offset_gen}
+    scaler = gradient_scaler(args.precision, procs.device_type)  # fp16's loss scale; off for bf16 and fp32
     step, loss_log, agreement_log = 0, [], []  # the loss of every step; agreement at every validation
     ckpt = open_run(args, "student", procs, log)
     if ckpt is not None:
         student.load_state_dict(ckpt["model"])
-        step, loss_log = restore_run(ckpt, optimizer, generators)
+        step, loss_log = restore_run(ckpt, optimizer, scaler, generators)
         agreement_log = ckpt["agreement_log"]
     student.train()
     raw_student, student = student, wrap_model(student, args, procs)
-    autocast = autocast_context(procs.device_type, args.bf16)
+    autocast = autocast_context(procs.device_type, args.precision)
 
     def validate_and_log():  # the student's val loss and agreement now, kept in agreement_log
         val_loss, agree, temperatures = validate(raw_student, teacher, val_data, val_starts, n_points, mask_ids,
@@ -308,7 +309,8 @@ def main(args):
         return val_loss, " ".join(f"{a:.2f}" for a in agree.tolist())
 
     def checkpoint(val_loss):
-        save_run(args.out, raw_student, "student", teacher_ckpt["tokenizer"], step, optimizer, generators, loss_log,
+        save_run(args.out, raw_student, "student", teacher_ckpt["tokenizer"], step, optimizer, scaler, generators,
+                 loss_log,
                  args, mask_id=mask_id, mask_per_offset=args.mask_per_offset, k_max=args.k_max,
                  bidirectional=args.bidirectional, val_loss=val_loss,
                  agreement_log=agreement_log, temperatures=agreement_log[-1]["temperatures"])
@@ -320,6 +322,7 @@ def main(args):
     stop = stop_on_signals()
     bar = tqdm(total=args.max_iters, initial=step, desc="student", disable=not procs.master, dynamic_ncols=True)
     t0, first_step, evaluated_at = time.time(), step, step if args.resume else -1  # -1: validate at step 0 too
+    skipped = 0  # fp16 steps whose gradients overflowed
     mine = range(procs.rank, args.grad_accum, procs.world)  # the micro-batches of this process
     while step < args.max_iters and not any_process_stopped(stop, procs):
         if step % args.eval_interval == 0 and step != evaluated_at and procs.master:
@@ -342,12 +345,16 @@ def main(args):
             with autocast:
                 loss, stats = loss_fn(student, teacher, x[rows].to(procs.device), y[rows].to(procs.device), k,
                                       points, mask_ids, enc.n_vocab)
-            (loss / len(mine)).backward()
+            scaler.scale(loss / len(mine)).backward()  # fp16: scaled up, so small gradients stay above zero
             loss_sum += loss.item() / len(mine)
             entropy += stats["entropy"].item() / len(mine)
         if args.grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(student.parameters(), args.grad_clip)
-        optimizer.step()
+        scale = scaler.get_scale()
+        scaler.step(optimizer)  # fp16: skipped if a gradient overflowed (inf or nan), else optimizer.step()
+        scaler.update()  # fp16: the scale halved after an overflow
+        skipped += scaler.get_scale() < scale
         optimizer.zero_grad(set_to_none=True)
         if procs.ddp:  # log the loss of the whole global batch, as one process would
             loss_sum = all_ranks_mean(loss_sum, procs.device)
@@ -366,7 +373,9 @@ def main(args):
             f"{agreement}, {(step - first_step) * args.batch_size * args.grad_accum * block_size / seconds:,.0f} "
             f"window tokens/s, {seconds / 60:.1f} min -> {args.out}"
             "\nConfAdapt's temperatures by block position (decode.py --calibrated): "
-            + " ".join(f"{t:.2f}" for t in agreement_log[-1]["temperatures"]))
+            + " ".join(f"{t:.2f}" for t in agreement_log[-1]["temperatures"])
+            + (f"\nfp16: {skipped} of {step - first_step} steps skipped (gradients overflowed), loss scale now "
+               f"{scaler.get_scale():g}" if scaler.is_enabled() else ""))
     del student  # the DDP wrapper holds the process group, which finish() shuts down
     finish(bool(stop), args, procs, log)
 

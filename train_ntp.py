@@ -4,7 +4,7 @@ speculative decoding uses. nanoGPT's training loop, read top to bottom.
 
     python train_ntp.py                          # CPU-sized teacher -> out/teacher.pt
     python train_ntp.py --preset draft           # CPU-sized draft model -> out/draft.pt
-    python train_ntp.py --preset teacher_gpu     # one-GPU teacher (torch.compile; bf16 where the GPU has it)
+    python train_ntp.py --preset teacher_gpu     # one-GPU teacher (torch.compile; bf16 where the GPU has it, else fp16)
     python train_ntp.py --resume                 # continue from the checkpoint in --out
     torchrun --nproc_per_node=2 train_ntp.py     # data parallel (gloo on CPU, nccl on GPU)
 
@@ -23,8 +23,9 @@ from data.tokenizer import EOT, load_tokenizer, padded_vocab_size
 from common import HelpFormatter, UserError, check_flags, model_from_checkpoint, tokenizer_from_checkpoint
 from model import GPT, GPTConfig
 from training import (add_training_flags, all_ranks_mean, any_process_stopped, autocast_context, check_memory,
-                      finish, get_batch, get_lr, load_tokens, open_run, parse_with_presets, resolve_bf16, restore_run,
-                      save_run, settings_line, setup_processes, stop_on_signals, wrap_model)
+                      finish, get_batch, get_lr, gradient_scaler, load_tokens, open_run, parse_with_presets,
+                      resolve_precision, restore_run, save_run, settings_line, setup_processes, stop_on_signals,
+                      wrap_model)
 
 # teacher and draft fit a 2-core CPU (docs/notebook.md: how the teacher's settings were chosen); the _gpu
 # presets are one-GPU sizes. The draft model has >= 4x fewer parameters than its teacher.
@@ -124,8 +125,8 @@ def estimate_loss(model, data, starts, no_loss, args, device, autocast):
 def main(args):
     procs = setup_processes(args.device, args.grad_accum)
     log = print if procs.master else (lambda *a, **k: None)
-    bf16_why = resolve_bf16(args, procs.device)  # --bf16 auto becomes True or False here, on every rank
-    log(settings_line(args, bf16=bf16_why))
+    precision_why = resolve_precision(args, procs.device)  # auto becomes bf16, fp16 or fp32 here, on every rank
+    log(settings_line(args, precision=precision_why))
 
     torch.manual_seed(args.seed)
     tokenizer_path, enc, train, val = load_data(args, procs)
@@ -146,14 +147,15 @@ def main(args):
     # One generator shared by all ranks: every rank draws the same global batch and trains on
     # its share, so N processes see exactly the batches one process would.
     generator = torch.Generator().manual_seed(args.seed)
+    scaler = gradient_scaler(args.precision, procs.device_type)  # fp16's loss scale; off for bf16 and fp32
     step, loss_log = 0, []  # loss_log: the training loss of every step, kept in the checkpoint
     if ckpt is not None:
-        step, loss_log = restore_run(ckpt, optimizer, {"generator": generator})
+        step, loss_log = restore_run(ckpt, optimizer, scaler, {"generator": generator})
     raw_model, model = model, wrap_model(model, args, procs)
-    autocast = autocast_context(procs.device_type, args.bf16)
+    autocast = autocast_context(procs.device_type, args.precision)
 
     def checkpoint(val_loss):
-        save_run(args.out, raw_model, args.kind, tokenizer_path, step, optimizer, {"generator": generator},
+        save_run(args.out, raw_model, args.kind, tokenizer_path, step, optimizer, scaler, {"generator": generator},
                  loss_log, args, val_loss=val_loss)
 
     tokens_per_step = args.batch_size * args.grad_accum * args.block_size
@@ -161,7 +163,7 @@ def main(args):
         f"{f' x {procs.world} processes' if procs.ddp else ''}; checkpoint -> {args.out}")
     stop = stop_on_signals()
     bar = tqdm(total=args.max_iters, initial=step, desc=args.kind, disable=not procs.master, dynamic_ncols=True)
-    t0, first_step, val_loss = time.time(), step, float("nan")
+    t0, first_step, val_loss, skipped = time.time(), step, float("nan"), 0  # skipped: fp16 steps that overflowed
     evaluated_at = step  # step 0 needs no evaluation; a resumed checkpoint had one at its step
     mine = range(procs.rank, args.grad_accum, procs.world)  # the micro-batches of this process
     while step < args.max_iters and not any_process_stopped(stop, procs):
@@ -183,11 +185,15 @@ def main(args):
                 model.require_backward_grad_sync = i == len(mine) - 1
             with autocast:
                 _, loss = model(x[rows].to(procs.device), y[rows].to(procs.device))
-            (loss / len(mine)).backward()
+            scaler.scale(loss / len(mine)).backward()  # fp16: scaled up, so small gradients stay above zero
             loss_sum += loss.item() / len(mine)
         if args.grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        optimizer.step()
+        scale = scaler.get_scale()
+        scaler.step(optimizer)  # fp16: skipped if a gradient overflowed (inf or nan), else optimizer.step()
+        scaler.update()  # fp16: the scale halved after an overflow
+        skipped += scaler.get_scale() < scale
         optimizer.zero_grad(set_to_none=True)
         if procs.ddp:  # log the loss of the whole global batch, as one process would
             loss_sum = all_ranks_mean(loss_sum, procs.device)
@@ -204,7 +210,9 @@ def main(args):
         train_loss = f"{loss_log[-1]:.4f}" if loss_log else "-"
         seconds = time.time() - t0  # evaluations and compilation included
         log(f"{'stopped' if stop else 'done'} at step {step}: train loss {train_loss}, val loss {val_loss:.4f}, "
-            f"{(step - first_step) * tokens_per_step / seconds:,.0f} tokens/s, {seconds / 60:.1f} min -> {args.out}")
+            f"{(step - first_step) * tokens_per_step / seconds:,.0f} tokens/s, {seconds / 60:.1f} min -> {args.out}"
+            + (f"\nfp16: {skipped} of {step - first_step} steps skipped (gradients overflowed), loss scale now "
+               f"{scaler.get_scale():g}" if scaler.is_enabled() else ""))
     del model  # the DDP wrapper holds the process group, which finish() shuts down
     finish(bool(stop), args, procs, log)
 

@@ -44,9 +44,10 @@ def add_training_flags(parser, weight_decay, eval_iters):
     g.add_argument("--seed", type=int, default=1337, help="seeds every random choice of the run")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
-    g.add_argument("--bf16", action=argparse.BooleanOptionalAction, default="auto",
-                   help="bf16 autocast; auto: on where the device computes bf16 natively (a GPU of compute "
-                   "capability 8.0 or more, a CPU with bf16 units), fp32 elsewhere (bf16_units)")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="the autocast dtype of the forward passes; auto: bf16 where the device computes it "
+                   "natively (a GPU of compute capability 8.0 or more, a CPU with bf16 units), fp16 with a "
+                   "gradient scaler on an older GPU (a T4, a V100), fp32 elsewhere (native_precision)")
     g.add_argument("--resume", action="store_true", help="continue from the checkpoint at --out")
 
 
@@ -68,7 +69,7 @@ def parse_with_presets(parser, presets, default_preset, argv=None):
 
 def settings_line(args, **why):
     """Every setting of a run, resolved (preset, then flags), for the log; `why` adds a reason
-    after a setting's value, e.g. how --bf16 auto decided."""
+    after a setting's value, e.g. how --precision auto decided."""
     return "settings: " + " ".join(f"{k}={v}" + (f" ({why[k]})" if k in why else "") for k, v in vars(args).items())
 
 
@@ -148,6 +149,9 @@ def wrap_model(model, args, procs):
     return model
 
 
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
 def cpu_has_bf16_units():
     """Whether this CPU has bf16 instructions (AVX-512 BF16 or AMX) and oneDNN, which runs torch's
     CPU matmuls, uses them (ONEDNN_MAX_CPU_ISA=AVX2 forbids it: the way to time a CPU without)."""
@@ -158,33 +162,50 @@ def cpu_has_bf16_units():
         return False
 
 
-def bf16_units(device):
-    """(True or False, why): whether `device` computes bf16 natively. Where it does not, bf16 is
-    emulated and autocast makes training slower, not faster: a CPU without bf16 units (most
-    laptops: Intel Core, AMD Zen 2/3, Apple M1) runs a bf16 matmul 15-70x slower than fp32."""
+def native_precision(device):
+    """(precision, why): what --precision auto trains `device` in. bf16 has fp32's range, so it
+    needs nothing else, but only a device with bf16 units computes it fast: elsewhere it is
+    emulated, and a CPU without them (most laptops: Intel Core, AMD Zen 2/3, Apple M1) runs a
+    bf16 matmul 15-70x slower than fp32. A GPU from before compute capability 8.0 (T4, V100) has
+    no bf16 but fast fp16 tensor cores; fp16's range is small (gradients under 6e-8 become
+    zero), so it trains with a gradient scaler (gradient_scaler)."""
     kind = device.split(":")[0]
     if kind == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
-        return major >= 8, f"CUDA compute capability {major}.{minor}, bf16 needs 8.0"
+        if major >= 8:
+            return "bf16", f"CUDA compute capability {major}.{minor} computes bf16"
+        return "fp16", f"CUDA compute capability {major}.{minor} has no bf16 (from 8.0): fp16 with a gradient scaler"
     if kind == "cpu":
-        native = cpu_has_bf16_units()
-        return native, "this CPU has bf16 units" if native else "this CPU has no bf16 units"
-    return False, f"{kind}: fp32"
+        if cpu_has_bf16_units():
+            return "bf16", "this CPU has bf16 units"
+        return "fp32", "this CPU has no bf16 units"
+    return "fp32", f"{kind}: fp32"
 
 
-def resolve_bf16(args, device):
-    """Turn --bf16 auto into True or False for `device`; returns the reason the settings line shows."""
-    if args.bf16 != "auto":
-        return "--bf16" if args.bf16 else "--no-bf16"
-    args.bf16, why = bf16_units(device)
+def resolve_precision(args, device):
+    """Turn --precision auto into bf16, fp16 or fp32 for `device`; returns the reason the
+    settings line shows."""
+    if args.precision != "auto":
+        return f"--precision {args.precision}"
+    args.precision, why = native_precision(device)
     return f"auto: {why}"
 
 
-def autocast_context(device_type, bf16):
-    """bf16 autocast when `bf16`, else a context that does nothing."""
-    if bf16:
-        return torch.autocast(device_type=device_type, dtype=torch.bfloat16)
+def autocast_context(device_type, precision):
+    """Autocast to bf16 or fp16 (matmuls in the low precision, softmax and losses in fp32), or a
+    context that does nothing for fp32. The weights stay fp32 either way, and so do checkpoints."""
+    if precision in ("bf16", "fp16"):
+        return torch.autocast(device_type=device_type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
     return contextlib.nullcontext()
+
+
+def gradient_scaler(precision, device_type):
+    """fp16's gradient scaler (torch.amp.GradScaler): the loss is multiplied by a large scale
+    before the backward pass, so that small gradients stay above fp16's smallest number, and
+    divided out before the step. A step whose gradients overflowed (inf or nan) is skipped and
+    the scale halved; after 2,000 steps without one it doubles. For bf16 and fp32 it is switched
+    off: scale(), unscale_() and update() do nothing, and step() is optimizer.step()."""
+    return torch.amp.GradScaler(device_type, enabled=precision == "fp16")
 
 
 def memory_available(device):
@@ -292,8 +313,8 @@ def open_run(args, kind, procs, log):
 
 # Flags a resumed run may change; any other flag must be as the run began, or --resume would
 # quietly continue a different run (another lr, another model, another variant).
-# The machine's own settings (device, compile, bf16) may change too: a run may continue elsewhere.
-MAY_CHANGE_ON_RESUME = {"resume", "preset", "out", "device", "compile", "bf16", "max_iters", "lr_decay_iters",
+# The machine's own settings (device, compile, precision) may change too: a run may continue elsewhere.
+MAY_CHANGE_ON_RESUME = {"resume", "preset", "out", "device", "compile", "precision", "max_iters", "lr_decay_iters",
                         "eval_interval", "eval_iters"}
 
 
@@ -305,18 +326,22 @@ def check_same_run(saved, args, path):
                         + ": resume with the run's own flags (shown in the log), or start a new run")
 
 
-def save_run(path, raw_model, kind, tokenizer, step, optimizer, generators, loss_log, args, **extra):
+def save_run(path, raw_model, kind, tokenizer, step, optimizer, scaler, generators, loss_log, args, **extra):
     """A checkpoint that can both be decoded with and resumed from: the model, and everything
-    that makes the continued run the same as one that never stopped (optimizer moments, the
-    random streams, the loss so far, the flags)."""
+    that makes the continued run the same as one that never stopped (optimizer moments, fp16's
+    loss scale, the random streams, the loss so far, the flags)."""
     save_checkpoint(path, raw_model, kind, tokenizer, step=step, optimizer=optimizer.state_dict(),
+                    scaler=scaler.state_dict(),  # {} when the scaler is off (bf16, fp32)
                     **{name: g.get_state() for name, g in generators.items()}, torch_rng=torch.get_rng_state(),
                     loss_log=loss_log, args=dict(vars(args)), **extra)
 
 
-def restore_run(ckpt, optimizer, generators):
-    """Put a checkpoint's optimizer and random streams back; returns (step, loss_log)."""
+def restore_run(ckpt, optimizer, scaler, generators):
+    """Put a checkpoint's optimizer, loss scale and random streams back; returns (step, loss_log).
+    A run that continues in fp16 after bf16 or fp32 (on another machine) starts a new scale."""
     optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler.is_enabled() and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
     for name, g in generators.items():
         g.set_state(ckpt[name])
     torch.set_rng_state(ckpt["torch_rng"])  # dropout's randomness, when dropout > 0

@@ -34,6 +34,12 @@ SMALL = GPTConfig(block_size=64, vocab_size=VOCAB, n_layer=1, n_head=1, n_embd=1
 TINY_RUN = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "64", "--batch_size", "8",
             "--eval_iters", "2", "--warmup_iters", "5", "--lr", "3e-3", "--device", "cpu"]
 TORCHRUN_2 = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]  # two processes, one machine
+# `python HUGE_LOSS_SCALE script.py ...`: the script with fp16's loss scale starting at 2^40 instead
+# of 2^16. A tiny model's gradients then overflow fp16 (its largest number is 65,504) for the
+# first steps, so the gradient scaler has steps to skip, which the default scale gives it rarely.
+HUGE_LOSS_SCALE = ["-c", "import functools, runpy, sys, torch; "
+                   "torch.amp.GradScaler = functools.partial(torch.amp.GradScaler, init_scale=2.0 ** 40); "
+                   "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"]
 
 
 def run_script(*args, cwd=ROOT, timeout=300, warm=False):

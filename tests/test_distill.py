@@ -1,11 +1,12 @@
 """The student: the mask token, the training layout, the critic loss, and MTP decoding."""
 import json
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import MASK, MASKS, N_VOCAB, TINY, TINY_RUN, TORCHRUN_2, run_script, untrained_teacher
+from conftest import HUGE_LOSS_SCALE, MASK, MASKS, N_VOCAB, TINY, TINY_RUN, TORCHRUN_2, run_script, untrained_teacher
 from data.tokenizer import load_tokenizer
 from decode import generate_mtp, generate_ntp
 from distill_mtp import critic, distill_loss, load_teacher_and_student, prediction_points, student_blocks
@@ -329,7 +330,7 @@ def distilled(tiny_data, tmp_path_factory):
     assert r.returncode == 0, r.stderr[-2000:]
     distill = ["distill_mtp.py", "--teacher", str(d / "teacher.pt"), "--out", str(d / "student.pt"),
                "--k_max", "4", "--batch_size", "4", "--eval_iters", "2", "--eval_interval", "5", "--device", "cpu",
-               "--lr_decay_iters", "10", "--bf16"]
+               "--lr_decay_iters", "10", "--precision", "bf16"]
     first = run_script(*distill, "--max_iters", "5")
     assert first.returncode == 0, first.stderr[-2000:]
     r = run_script(*distill, "--max_iters", "10", "--resume")
@@ -349,6 +350,23 @@ def test_distillation_logs_agreement_and_resumes(distilled, tiny_data):
     assert len(ckpt["temperatures"]) == 4 and all(t > 0 for t in ckpt["temperatures"])
     r = run_script("distill_mtp.py", "--teacher", str(d / "student.pt"))
     assert r.returncode != 0 and "is a student checkpoint, but a teacher" in r.stderr
+
+
+@pytest.mark.slow
+def test_fp16_distillation_goes_through_the_gradient_scaler(distilled, tmp_path):
+    """The distillation step in fp16 (what a T4 gets): from a loss scale of 2^40 its gradients
+    overflow, and the scaler skips the steps (AdamW never stepped) instead of writing inf into
+    the student; from the default scale it trains, its val loss finite."""
+    d, distill, _ = distilled
+    flags = [*distill[1:], "--out", str(tmp_path / "s.pt"), "--precision", "fp16", "--max_iters", "3"]
+    r = run_script(*HUGE_LOSS_SCALE, "distill_mtp.py", *flags)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "fp16: 3 of 3 steps skipped (gradients overflowed)" in r.stdout
+    assert load_checkpoint(str(tmp_path / "s.pt"), kinds=("student",))["optimizer"]["state"] == {}
+    r = run_script("distill_mtp.py", *flags)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ckpt = load_checkpoint(str(tmp_path / "s.pt"), kinds=("student",))
+    assert ckpt["optimizer"]["state"] and math.isfinite(ckpt["val_loss"]) and ckpt["scaler"]["scale"] > 0
 
 
 @pytest.mark.slow

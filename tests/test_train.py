@@ -1,5 +1,5 @@
-"""Training: the loss goes down, resume is exact, torchrun matches one process, bf16 follows the
-hardware; bench runs."""
+"""Training: the loss goes down, resume is exact, torchrun matches one process, the precision
+follows the hardware, fp16 trains with a gradient scaler; bench runs."""
 import argparse
 import json
 import math
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from conftest import TINY_RUN, TORCHRUN_2, run_script
+from conftest import HUGE_LOSS_SCALE, TINY_RUN, TORCHRUN_2, run_script
 from data.tokenizer import EOT, load_tokenizer
 import distill_mtp
 import train_ntp
@@ -48,41 +48,94 @@ def test_loss_on_answers_leaves_out_exactly_the_questions(tiny_data):
 def test_bf16_training_on_answers_lowers_the_loss(tiny_data, tmp_path):
     """Forced bf16, so it runs (emulated, slowly) on a CPU without bf16 units too: the tiny model
     keeps it to seconds there."""
-    ckpt = train(tiny_data, tmp_path / "t.pt", "--max_iters", "60", "--eval_interval", "1000", "--bf16",
+    ckpt = train(tiny_data, tmp_path / "t.pt", "--max_iters", "60", "--eval_interval", "1000", "--precision", "bf16",
                  "--loss_on", "answers", "--block_size", "128")
     assert ckpt["val_loss"] < 0.6 * math.log(ckpt["config"]["vocab_size"])  # as the fp32 run above
+    assert ckpt["scaler"] == {}  # bf16 has fp32's range: no loss scale
 
 
-@pytest.mark.parametrize("device, hardware, flag, bf16, why", [
-    ("cpu", True, "auto", True, "auto: this CPU has bf16 units"),
-    ("cpu", False, "auto", False, "auto: this CPU has no bf16 units"),
-    ("cpu", False, True, True, "--bf16"),      # forced: emulated, slow, but asked for
-    ("cpu", True, False, False, "--no-bf16"),
-    ("cuda", (8, 0), "auto", True, "auto: CUDA compute capability 8.0, bf16 needs 8.0"),   # A100, H100
-    ("cuda", (7, 5), "auto", False, "auto: CUDA compute capability 7.5, bf16 needs 8.0"),  # T4
-    ("mps", None, "auto", False, "auto: mps: fp32"),
+def fp16_train(data, out, *extra, huge_scale=False):
+    r = run_script(*(HUGE_LOSS_SCALE if huge_scale else []), "train_ntp.py", "--data_dir", str(data),
+                   "--out", str(out), *TINY_RUN, "--precision", "fp16", "--eval_interval", "1000", *extra)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return load_checkpoint(str(out)), r.stdout
+
+
+@pytest.mark.slow
+def test_fp16_training_with_a_gradient_scaler_lowers_the_loss(tiny_data, tmp_path):
+    """What a T4 or a V100 gets (--precision auto there): fp16 autocast, the loss scaled for the
+    backward pass. fp16 autocast and the scaler run on the CPU too, so the step is tested here."""
+    ckpt, stdout = fp16_train(tiny_data, tmp_path / "t.pt", "--max_iters", "60")
+    assert "precision=fp16 (--precision fp16)" in stdout
+    assert ckpt["val_loss"] < 0.6 * math.log(ckpt["config"]["vocab_size"])  # as the fp32 run above
+    assert ckpt["scaler"]["scale"] > 0 and "fp16: " in stdout and "steps skipped" in stdout
+    assert all(w.dtype == torch.float32 for w in ckpt["model"].values())  # autocast: the weights stay fp32
+
+
+@pytest.mark.slow
+def test_fp16_skips_the_steps_whose_gradients_overflow(tiny_data, tmp_path):
+    """Every step overflows at a loss scale of 2^40..2^38: the scaler skips them all (AdamW never
+    stepped, so it has no moments) and halves the scale each time."""
+    ckpt, stdout = fp16_train(tiny_data, tmp_path / "t.pt", "--max_iters", "3", huge_scale=True)
+    assert ckpt["step"] == 3 and ckpt["optimizer"]["state"] == {}
+    assert ckpt["scaler"]["scale"] == 2.0 ** 37
+    assert "fp16: 3 of 3 steps skipped (gradients overflowed), loss scale now 1.37439e+11" in stdout
+
+
+@pytest.mark.slow
+def test_fp16_resume_restores_the_loss_scale(tiny_data, tmp_path):
+    """From 2^40 the first steps are skipped until the scale has come down; a run stopped among
+    them and resumed must go on from its scale, not from a new one (which would skip them again)."""
+    schedule = ["--lr_decay_iters", "40"]
+    straight, stdout = fp16_train(tiny_data, tmp_path / "a.pt", "--max_iters", "40", *schedule, huge_scale=True)
+    skipped = int(stdout.split("fp16: ")[1].split(" of")[0])
+    assert 10 < skipped < 40  # some steps skipped, and the later ones trained
+    fp16_train(tiny_data, tmp_path / "b.pt", "--max_iters", "10", *schedule, huge_scale=True)
+    resumed, _ = fp16_train(tiny_data, tmp_path / "b.pt", "--max_iters", "40", "--resume", *schedule, huge_scale=True)
+    assert resumed["scaler"] == straight["scaler"]
+    assert resumed["loss_log"] == pytest.approx(straight["loss_log"], abs=1e-5)
+    for name, weight in straight["model"].items():
+        torch.testing.assert_close(resumed["model"][name], weight, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("device, hardware, flag, precision, why", [
+    ("cpu", True, "auto", "bf16", "auto: this CPU has bf16 units"),
+    ("cpu", False, "auto", "fp32", "auto: this CPU has no bf16 units"),
+    ("cpu", False, "bf16", "bf16", "--precision bf16"),  # forced: emulated, slow, but asked for
+    ("cpu", True, "fp32", "fp32", "--precision fp32"),
+    ("cuda", (9, 0), "auto", "bf16", "auto: CUDA compute capability 9.0 computes bf16"),   # H100
+    ("cuda", (8, 0), "auto", "bf16", "auto: CUDA compute capability 8.0 computes bf16"),   # A100
+    ("cuda", (7, 5), "auto", "fp16",                                                       # T4
+     "auto: CUDA compute capability 7.5 has no bf16 (from 8.0): fp16 with a gradient scaler"),
+    ("cuda", (7, 0), "auto", "fp16",                                                       # V100
+     "auto: CUDA compute capability 7.0 has no bf16 (from 8.0): fp16 with a gradient scaler"),
+    ("cuda", (7, 5), "fp32", "fp32", "--precision fp32"),
+    ("mps", None, "auto", "fp32", "auto: mps: fp32"),
 ])
-def test_bf16_follows_the_hardware_unless_forced(monkeypatch, device, hardware, flag, bf16, why):
-    """--bf16 auto asks the hardware (the probes patched: the machine running the test decides nothing)."""
+def test_the_precision_follows_the_hardware_unless_forced(monkeypatch, device, hardware, flag, precision, why):
+    """--precision auto asks the hardware (the probes patched: the machine running the test
+    decides nothing); the scaler is on exactly for fp16."""
     monkeypatch.setattr(training, "cpu_has_bf16_units", lambda: hardware)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: hardware)
-    args = argparse.Namespace(bf16=flag)
-    assert training.resolve_bf16(args, device) == why and args.bf16 is bf16
-    assert f"bf16={bf16} ({why})" in training.settings_line(args, bf16=why)
+    args = argparse.Namespace(precision=flag)
+    assert training.resolve_precision(args, device) == why and args.precision == precision
+    assert f"precision={precision} ({why})" in training.settings_line(args, precision=why)
+    assert training.gradient_scaler(args.precision, "cpu").is_enabled() == (precision == "fp16")
 
 
 @pytest.mark.parametrize("script", [train_ntp, distill_mtp])
-def test_every_preset_leaves_bf16_to_the_hardware(script, capsys):
-    """No preset forces bf16 on or off: on a CPU without bf16 units a forced bf16 is emulated, many
-    times slower than fp32. `--help` says so: the default it shows is the word auto."""
+def test_every_preset_leaves_the_precision_to_the_hardware(script, capsys):
+    """No preset forces a precision: on a CPU without bf16 units a forced bf16 is emulated, many
+    times slower than fp32, and fp16 needs a GPU to be fast. `--help` says so: the default it
+    shows is the word auto."""
     for name in script.PRESETS:
-        assert "bf16" not in script.PRESETS[name], name
-        assert script.parse_args(["--preset", name]).bf16 == "auto"
+        assert "precision" not in script.PRESETS[name], name
+        assert script.parse_args(["--preset", name]).precision == "auto"
         with pytest.raises(SystemExit):
             script.parse_args(["--preset", name, "--help"])
         help_text = " ".join(capsys.readouterr().out.split())
-        assert "--bf16, --no-bf16 bf16 autocast; auto: on where the device computes bf16 natively" in help_text
-        assert "(default: auto)" in help_text.split("--bf16, --no-bf16")[1].split("--")[0]
+        assert "--precision {auto,bf16,fp16,fp32} the autocast dtype of the forward passes; auto: bf16" in help_text
+        assert "(default: auto)" in help_text.split("--precision {auto,bf16,fp16,fp32} the")[1].split("--")[0]
 
 
 @pytest.mark.slow
@@ -105,7 +158,7 @@ def test_the_gpu_presets_run_on_the_cpu(tiny_data, tmp_path):
     here, it would make a CPU without bf16 units emulate these widths' matmuls for minutes). One
     layer instead of the presets' 8 and 4: compiling takes time in proportion to the layers, and
     every layer is the same code."""
-    few = ["--max_iters", "2", "--batch_size", "2", "--eval_iters", "1", "--device", "cpu", "--no-bf16"]
+    few = ["--max_iters", "2", "--batch_size", "2", "--eval_iters", "1", "--device", "cpu", "--precision", "fp32"]
     for preset, path in (("teacher_gpu", "t.pt"), ("draft_gpu", "d.pt")):
         r = run_script("train_ntp.py", "--preset", preset, "--data_dir", str(tiny_data), "--out", str(tmp_path / path),
                        "--n_layer", "1", "--no-compile", *few, timeout=900)
