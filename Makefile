@@ -3,7 +3,7 @@
 #   make demo   install what is missing, then data -> teacher, draft -> student -> bench (CPU default)
 #   make test   install what is missing, then run the test suite
 #   make ablations   one student per variant of the paper's ablations, then one comparison (86 min with bf16 units)
-#   make demo GPU=1  the same pipeline with the one-GPU presets (torch.compile, fused AdamW, bf16 where the GPU has it)
+#   make demo GPU=1  the same pipeline with the one-GPU presets (torch.compile, fused AdamW, bf16 where the GPU has it, else fp16)
 #   make gpu-check   run this first on a GPU: the GPU presets end to end in a few minutes (out/gpu-check)
 #   make batch  after make demo: every strategy at batch sizes 1, 4, 16 and 64 (out/batch.{json,md,png})
 #   make sampling  after make demo: every strategy sampling, 4 samples of each problem (out/sampling.{json,md,png})
@@ -75,9 +75,11 @@ sampling: install out/sampling.json
 out/sampling.json: out/teacher.pt out/draft.pt out/student.pt out/bench.json $(BENCH_PY)
 	$(PYTHON) bench.py --temperature $(TEMPERATURE)
 
-# Every GPU setting at a few hundred steps, then the bench on 50 problems, plain and with the
-# compiled decoder: it prints training tokens/s (the "done" lines), decoding tokens/s and the
-# tables. Its models are far from trained: it checks the machinery and the speed, not accuracy.
+# Every GPU setting at a few hundred steps, then the bench on 50 problems three ways: plain in
+# one process per core (up to 8: bench.auto_workers), plain in one process, and with the
+# compiled decoder (CUDA graphs, one process): it prints training tokens/s (the "done" lines),
+# decoding tokens/s and the tables. Its models are far from trained: it checks the machinery and
+# the speed, not accuracy.
 CHECK := out/gpu-check
 CHECK_ITERS ?= 300
 CHECK_N ?= 50
@@ -90,6 +92,7 @@ gpu-check: install $(DATA)/train.bin
 	$(PYTHON) distill_mtp.py --preset gpu --max_iters $(CHECK_ITERS) --device $(DEVICE) \
 		--teacher $(CHECK)/teacher.pt --out $(CHECK)/student.pt
 	$(PYTHON) bench.py $(CHECK_BENCH) --out_dir $(CHECK)
+	$(PYTHON) bench.py $(CHECK_BENCH) --out_dir $(CHECK)/one-process --workers 1
 	$(PYTHON) bench.py $(CHECK_BENCH) --out_dir $(CHECK)/compiled --compile
 
 # The paper's ablations (its ablation table; our findings are in docs/ablations.md): every variant is the

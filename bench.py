@@ -684,10 +684,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
     p.add_argument("--workers", default="auto", help="processes that decode at once, one thread each, the problems "
                    "shared out among them (run_bench); auto: 2 on a CPU with two cores or more, one per core up to 8 on a "
-                   "GPU, else 1")
+                   "GPU (1 with --compile: CUDA graphs), else 1")
     p.add_argument("--compile", action="store_true", help="every strategy decodes with fixed-shape passes through "
-                   "torch.compile (decode.py --compile): the same tokens up to rounding (docs/results.md: what it gave "
-                   "on a CPU)")
+                   "torch.compile, as CUDA graphs on a GPU (decode.py --compile): the same tokens up to rounding "
+                   "(docs/results.md: what it gave)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: the greedy bench; above 0 every strategy "
                    "samples, --samples per problem, into sampling.{json,md,png} (the sampled bench)")
     p.add_argument("--top_k", type=int, default=None, help="sampled bench: sample among the k likeliest tokens "
@@ -732,15 +732,18 @@ def parse_args(argv=None):
     return args
 
 
-def auto_workers(device):
+def auto_workers(device, compiled=False):
     """Decoding processes for --workers auto. A pass of these models is mostly fixed cost on the CPU side
     (Python, dispatch, kernel launches), which one more thread does not share but one more process does:
     two on a CPU of two cores or more, and on a GPU one per core up to 8, eight processes keeping one GPU
-    busier than one (both measured: docs/notebook.md, docs/results.md)."""
+    busier than one (both measured: docs/notebook.md, docs/results.md). Compiled on a GPU, one: CUDA
+    graphs launch a pass's kernels as one (compiled.py), the cost the processes were sharing out."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if device == "cpu":
         return min(2, cores)
-    return min(8, cores) if device.startswith("cuda") else 1
+    if device.startswith("cuda"):
+        return 1 if compiled else min(8, cores)
+    return 1
 
 
 def main(args):
@@ -753,7 +756,7 @@ def main(args):
     shared = dict(max_new_tokens=args.max_new_tokens, eos_id=eos_id, temperature=args.temperature, top_k=args.top_k)
     strategies, students = build_strategies(args, teacher, teacher_ckpt, len(problems), shared, device)
     if args.workers == "auto":
-        args.workers = auto_workers(device)
+        args.workers = auto_workers(device, args.compile)
     args.workers = min(args.workers, len(problems))
     sampling = None
     if args.temperature > 0:

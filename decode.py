@@ -325,8 +325,11 @@ def draw(logits, temperature, top_k, generator=None):
 # The cache: every strategy feeds its models through forward_new.
 
 def new_cache(model):
-    """An empty KV cache for one generation, on the model's device and in its dtype."""
+    """An empty KV cache for one generation, on the model's device and in its dtype; a compiled
+    decoder's own, at fixed addresses (compiled.CompiledDecoder.new_cache)."""
     check_emits(model)
+    if hasattr(model, "new_cache"):
+        return model.new_cache()
     return KVCache(model.config, 1, model.lm_head.weight.device, model.lm_head.weight.dtype)
 
 
@@ -446,8 +449,9 @@ def parse_args():
     p.add_argument("--show-tree", action="store_true", help="with --tree: print the first pass's tree, the accepted "
                    "path marked")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
-    p.add_argument("--compile", action="store_true", help="fixed-shape passes through torch.compile: the same "
-                   "tokens up to rounding, the first passes waiting for the compiler (docs/results.md)")
+    p.add_argument("--compile", action="store_true", help="fixed-shape passes through torch.compile, as CUDA graphs "
+                   "on a GPU (compiled.py): the same tokens up to rounding, the first passes waiting for the compiler "
+                   "(docs/results.md)")
     p.add_argument("--seed", type=int, default=1337, help="seeds sampling (temperature > 0)")
     args = p.parse_args()
     check_flags(args, positive=("max_new_tokens",), non_negative=("temperature",))

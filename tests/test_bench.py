@@ -93,6 +93,8 @@ def test_auto_workers_follow_the_device_and_its_cores(monkeypatch, device, cores
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: cores)
     assert auto_workers(device) == workers
+    # --compile: CUDA graphs on a GPU, one process; the CPU's compiled code gains from two as the plain
+    assert auto_workers(device, compiled=True) == (1 if device.startswith("cuda") else workers)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from compiled import CompiledDecoder
 from conftest import MASK, MASKS, N_VOCAB, SMALL
 from decode import generate_mtp, generate_mtp_speculative, generate_ntp, generate_self_speculative, generate_speculative
 from gates import calibrated_confidence, run_confidence
-from model import add_mask_token
+from model import KVCache, add_mask_token
 from test_decode import perturbed_copy, random_model
 
 
@@ -48,8 +48,10 @@ def every_strategy(target, student, draft):
 @pytest.mark.parametrize("prompt_len", [5, 50])  # 50: runs into the context end, where passes stop padding
 def test_compiled_decoding_emits_the_plain_tokens(prompt_len):
     """decode.py --compile: every strategy run on CompiledDecoder models (fixed-width passes
-    through torch.compile, inductor's CPU code here) gives the same tokens, in the same steps,
-    as on the plain models. One-layer models: compiling takes time in proportion to the layers."""
+    through torch.compile, inductor's CPU code here; CUDA graphs on a GPU are the same code)
+    gives the same tokens, in the same steps, as on the plain models. Each decoder has one KV
+    cache, at one address, for every generation: each strategy after the first decodes over what
+    the last one left in it. One-layer models: compiling takes time in proportion to the layers."""
     target = random_model(SMALL, 0)
     student = perturbed_copy(target, 1, 0.01)
     add_mask_token(student, MASK, torch.Generator().manual_seed(0))
@@ -58,6 +60,7 @@ def test_compiled_decoding_emits_the_plain_tokens(prompt_len):
     plain = every_strategy(target, student, draft)
     decoders = [CompiledDecoder(model) for model in (target, student, draft)]
     compiled = every_strategy(*decoders)
+    caches = [(d.new_cache(), d.new_cache().k.data_ptr(), d.new_cache().v.data_ptr()) for d in decoders]
     chunk_sizes = set()
     for name in plain:
         a, b = plain[name](prompt), compiled[name](prompt)
@@ -66,3 +69,19 @@ def test_compiled_decoding_emits_the_plain_tokens(prompt_len):
         chunk_sizes |= set(a.chunks[:-1])
     assert len(chunk_sizes) >= 3  # passes fed varying numbers of real tokens, so the padding varied
     assert all(decoder.graphs for decoder in decoders)  # the passes did run compiled, not plainly
+    assert [(d.cache, d.cache.k.data_ptr(), d.cache.v.data_ptr()) for d in decoders] == caches  # never moved
+
+
+def test_a_cache_not_the_decoders_own_runs_the_plain_model():
+    """A graph writes the buffers it was compiled (or, on a GPU, recorded) with: a pass with
+    any other cache, or none, must not go through it."""
+    model = random_model(SMALL, 0)
+    decoder = CompiledDecoder(model)
+    other = KVCache(model.config)
+    idx = torch.tensor([[5, 6, 7]])
+    logits, _ = decoder(idx, pos=torch.arange(3), cache=other)
+    assert other.length == 3 and not decoder.graphs and decoder.cache is None
+    torch.testing.assert_close(logits, model(idx)[0])
+    decoder(idx)  # no cache
+    assert not decoder.graphs
+    assert decoder.new_cache() is decoder.new_cache() and decoder.cache.length == 0

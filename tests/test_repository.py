@@ -212,10 +212,14 @@ def test_make_demo_gpu_switches_on_the_gpu_presets():
 
 
 def test_make_gpu_check_benches_its_own_models_plain_and_compiled():
+    """Plain in the auto processes and in one, compiled (one process: CUDA graphs): the graphs'
+    gain is the compiled bench's tokens/s over the plain one-process bench's."""
     runs = scripts_run_by("gpu-check")
     outs = [argv[argv.index("--out") + 1] for script, argv in runs if script in ("train_ntp.py", "distill_mtp.py")]
     benches = [argv for script, argv in runs if script == "bench.py"]
     assert all(out.startswith("out/gpu-check/") for out in outs) and len(outs) == 3  # never the demo's models
-    assert sorted("--compile" in argv for argv in benches) == [False, True]
+    assert [("--compile" in argv, argv[argv.index("--workers") + 1] if "--workers" in argv else "auto")
+            for argv in benches] == [(False, "auto"), (False, "1"), (True, "auto")]
+    assert len({argv[argv.index("--out_dir") + 1] for argv in benches}) == 3
     for argv in benches:
         assert all(argv[argv.index(flag) + 1] in outs for flag in ("--teacher", "--draft", "--student"))
