@@ -310,8 +310,7 @@ def main(args):
 
     def checkpoint(val_loss):
         save_run(args.out, raw_student, "student", teacher_ckpt["tokenizer"], step, optimizer, scaler, generators,
-                 loss_log,
-                 args, mask_id=mask_id, mask_per_offset=args.mask_per_offset, k_max=args.k_max,
+                 loss_log, args, mask_id=mask_id, mask_per_offset=args.mask_per_offset, k_max=args.k_max,
                  bidirectional=args.bidirectional, val_loss=val_loss,
                  agreement_log=agreement_log, temperatures=agreement_log[-1]["temperatures"])
 
