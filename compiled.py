@@ -15,8 +15,10 @@ dozen small kernels, and launching each from Python costs more than running it; 
 records the launches of one pass once and replays them as one. A replay reads and writes the
 addresses it was recorded with, so everything a pass touches stays where it is: the weights,
 the decoder's one KV cache (allocated once, reused by every generation: new_cache) and the
-inputs, which torch.compile copies into buffers of its own. On the CPU the same code runs
-without the graphs.
+inputs, which torch.compile copies into buffers of its own. The cache is marked static: a pass
+writes it, and torch.compile skips the CUDA graph of a pass that writes an input it may not
+keep in place (tests/test_compiled.py asks inductor). On the CPU the same code runs without
+the graphs.
 """
 import types
 

@@ -85,3 +85,41 @@ def test_a_cache_not_the_decoders_own_runs_the_plain_model():
     decoder(idx)  # no cache
     assert not decoder.graphs
     assert decoder.new_cache() is decoder.new_cache() and decoder.cache.length == 0
+
+
+class GraphChecked(Exception):
+    """Raised from inside inductor once it has told which inputs a graph writes and which are static."""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cache_marked_static", [True, False])  # False: what the check catches
+def test_cuda_graphs_would_not_be_skipped_for_writing_the_cache(monkeypatch, cache_marked_static):
+    """A CUDA graph may write only inputs at fixed addresses: torch.compile skips the graphs of a
+    pass that writes any other input ("skipping cudagraphs due to mutated inputs") and runs it
+    plainly, slowly and without a word. A decoding pass writes the KV cache, so the decoder marks
+    its cache static. There is no GPU here: inductor is asked (through its internals, as torch
+    2.13 has them) which inputs the compiled pass writes and which are static, with the check
+    that would refuse a CPU graph switched off."""
+    import torch._inductor.config as inductor_config
+    import torch._inductor.cudagraph_utils as cudagraph_utils
+    if not hasattr(cudagraph_utils, "check_for_mutation_ignore_cuda_graph_managed_tensor"):
+        pytest.skip("this torch checks a graph's inputs elsewhere")
+    told = []
+
+    def check(gm, mutated_inputs, mutated_input_idxs, static_input_idxs):
+        told.append((set(mutated_input_idxs), set(static_input_idxs)))
+        raise GraphChecked
+
+    monkeypatch.setattr(cudagraph_utils, "check_for_mutation_ignore_cuda_graph_managed_tensor", check)
+    monkeypatch.setattr(cudagraph_utils, "check_multiple_devices_or_any_cpu_nodes", lambda mapping: None)
+    monkeypatch.setattr(inductor_config.triton, "cudagraph_support_input_mutation", False)
+    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # compile now, so that the check runs
+    if not cache_marked_static:
+        monkeypatch.setattr(torch._dynamo, "mark_static_address", lambda tensor, guard=False: None)
+    decoder = CompiledDecoder(random_model(SMALL, 0))
+    decoder.cuda_graphs = True  # what a GPU model gets: mode="reduce-overhead"
+    with pytest.raises(Exception):  # GraphChecked, perhaps wrapped by dynamo
+        generate_ntp(decoder, [1, 2, 3], max_new_tokens=2, eos_id=-1)
+    (written, static), = told
+    assert len(written) == 2  # the cache's keys and values
+    assert (written <= static) == cache_marked_static
