@@ -737,7 +737,8 @@ def auto_workers(device, compiled=False):
     (Python, dispatch, kernel launches), which one more thread does not share but one more process does:
     two on a CPU of two cores or more, and on a GPU one per core up to 8, eight processes keeping one GPU
     busier than one (both measured: docs/notebook.md, docs/results.md). Compiled on a GPU, one: CUDA
-    graphs launch a pass's kernels as one (compiled.py), the cost the processes were sharing out."""
+    graphs launch a pass's kernels as one (compiled.py), the cost the processes were sharing out;
+    whether more processes still help there (the strategies' own Python) is not measured: --workers N."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if device == "cpu":
         return min(2, cores)

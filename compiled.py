@@ -46,7 +46,7 @@ class CompiledDecoder:
         if self.cache is None:
             weight = self.model.lm_head.weight
             self.cache = KVCache(self.config, 1, weight.device, weight.dtype)
-            for buffer in (self.cache.k, self.cache.v):  # a graph writes them: they must not move
+            for buffer in (self.cache.k, self.cache.v):  # a graph writes them: they must stay where it was recorded
                 torch._dynamo.mark_static_address(buffer)
         self.cache.truncate(0)
         return self.cache
@@ -54,10 +54,13 @@ class CompiledDecoder:
     def __call__(self, idx, pos=None, attn_mask=None, cache=None):
         T, block_size = idx.size(1), self.config.block_size
         width = next((w for w in COMPILED_WIDTHS if w >= T), None)
-        if cache is None or cache is not self.cache or width is None or int(pos[0]) + width > block_size:
+        if cache is None or cache is not self.cache or width is None or cache.length + width > block_size:
             return self.model(idx, pos=pos, attn_mask=attn_mask, cache=cache)
-        cache.advance(pos)  # outside the graph: its check reads the positions, which a graph would guard on
-        pos = torch.arange(int(pos[0]), int(pos[0]) + width, device=idx.device)       # (width,)
+        # decode.forward_new feeds the positions from the cache's length on: taking them from there, a
+        # Python int, spares reading `pos` back from the GPU, which would wait for it
+        start = cache.length
+        cache.length = start + T  # KVCache.advance, outside the graph
+        pos = torch.arange(start, start + width, device=idx.device)                   # (width,)
         idx = torch.cat([idx, idx.new_zeros(1, width - T)], dim=1)                     # (1, width)
         # Fixed shapes: the keys are the whole cache; each token sees the slots up to its own
         # position, or what the pass's own mask (T, n_keys) says.

@@ -138,7 +138,7 @@ def generate_speculative(target, draft, prompt_ids, max_new_tokens, eos_id, gamm
     check_prompt(prompt_ids, target)
     check_k(gamma, target, "gamma")
     check_draft(target, draft)
-    t_cache, d_cache = new_cache(target), new_cache(draft)
+    t_cache, d_cache = new_caches(target, draft)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < target.config.block_size:
         g = min(gamma, room(len(seq), target.config.block_size, max_new_tokens - len(out.tokens)))
@@ -202,7 +202,7 @@ def generate_mtp_speculative(target, student, prompt_ids, max_new_tokens, eos_id
     only decides how many passes it takes."""
     check_prompt(prompt_ids, target)
     check_k(k, target, mask_ids=mask_ids)
-    t_cache, s_cache = new_cache(target), new_cache(student)
+    t_cache, s_cache = new_caches(target, student)
     out, seq = Generation(tokens=[]), list(prompt_ids)
     while len(seq) < target.config.block_size:
         g = min(k, room(len(seq), target.config.block_size, max_new_tokens - len(out.tokens)))
@@ -331,6 +331,16 @@ def new_cache(model):
     if hasattr(model, "new_cache"):
         return model.new_cache()
     return KVCache(model.config, 1, model.lm_head.weight.device, model.lm_head.weight.dtype)
+
+
+def new_caches(target, drafter):
+    """A cache each for a target and its drafter, which must be two: a compiled decoder has one
+    cache, and in both roles it would be handed out twice."""
+    t_cache, d_cache = new_cache(target), new_cache(drafter)
+    if t_cache is d_cache:
+        raise ValueError("the target and the drafter are one compiled decoder, whose one KV cache cannot hold both "
+                         "sequences: wrap the model in a CompiledDecoder for each role")
+    return t_cache, d_cache
 
 
 def forward_new(model, cache, seq, extra=(), bidirectional=False):

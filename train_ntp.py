@@ -193,7 +193,7 @@ def main(args):
         scale = scaler.get_scale()
         scaler.step(optimizer)  # fp16: skipped if a gradient overflowed (inf or nan), else optimizer.step()
         scaler.update()  # fp16: the scale halved after an overflow
-        skipped += scaler.get_scale() < scale
+        skipped += scaler.get_scale() < scale  # update() lowers the scale exactly when step() skipped
         optimizer.zero_grad(set_to_none=True)
         if procs.ddp:  # log the loss of the whole global batch, as one process would
             loss_sum = all_ranks_mean(loss_sum, procs.device)

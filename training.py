@@ -167,8 +167,9 @@ def native_precision(device):
     needs nothing else, but only a device with bf16 units computes it fast: elsewhere it is
     emulated, and a CPU without them (most laptops: Intel Core, AMD Zen 2/3, Apple M1) runs a
     bf16 matmul 15-70x slower than fp32. A GPU from before compute capability 8.0 (T4, V100) has
-    no bf16 but fast fp16 tensor cores; fp16's range is small (gradients under 6e-8 become
-    zero), so it trains with a gradient scaler (gradient_scaler)."""
+    no bf16 but fast fp16 tensor cores. fp16's range is small: in the backward pass the gradients
+    that flow through fp16 activations round to zero below 6e-8 and overflow above 65,504, so
+    it trains with a gradient scaler (gradient_scaler)."""
     kind = device.split(":")[0]
     if kind == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
@@ -202,7 +203,7 @@ def autocast_context(device_type, precision):
 def gradient_scaler(precision, device_type):
     """fp16's gradient scaler (torch.amp.GradScaler): the loss is multiplied by a large scale
     before the backward pass, so that small gradients stay above fp16's smallest number, and
-    divided out before the step. A step whose gradients overflowed (inf or nan) is skipped and
+    divided out of the (fp32) weight gradients before the step. A step whose gradients overflowed (inf or nan) is skipped and
     the scale halved; after 2,000 steps without one it doubles. For bf16 and fp32 it is switched
     off: scale(), unscale_() and update() do nothing, and step() is optimizer.step()."""
     return torch.amp.GradScaler(device_type, enabled=precision == "fp16")

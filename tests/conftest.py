@@ -37,6 +37,7 @@ TORCHRUN_2 = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2
 # `python HUGE_LOSS_SCALE script.py ...`: the script with fp16's loss scale starting at 2^40 instead
 # of 2^16. A tiny model's gradients then overflow fp16 (its largest number is 65,504) for the
 # first steps, so the gradient scaler has steps to skip, which the default scale gives it rarely.
+# (The class becomes a functools.partial: fine for the scripts, which only call it.)
 HUGE_LOSS_SCALE = ["-c", "import functools, runpy, sys, torch; "
                    "torch.amp.GradScaler = functools.partial(torch.amp.GradScaler, init_scale=2.0 ** 40); "
                    "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"]

@@ -87,6 +87,15 @@ def test_a_cache_not_the_decoders_own_runs_the_plain_model():
     assert decoder.new_cache() is decoder.new_cache() and decoder.cache.length == 0
 
 
+def test_one_decoder_cannot_be_both_target_and_drafter():
+    """Its one cache cannot hold two sequences: refused before any pass, not decoded wrongly."""
+    decoder = CompiledDecoder(random_model(SMALL, 0))
+    with pytest.raises(ValueError, match="one compiled decoder, whose one KV cache cannot hold both"):
+        generate_speculative(decoder, decoder, [1, 2, 3], max_new_tokens=4, eos_id=-1, gamma=2)
+    with pytest.raises(ValueError, match="one compiled decoder"):
+        generate_mtp_speculative(decoder, decoder, [1, 2, 3], max_new_tokens=4, eos_id=-1, mask_ids=MASKS, k=2)
+
+
 class GraphChecked(Exception):
     """Raised from inside inductor once it has told which inputs a graph writes and which are static."""
 

@@ -68,7 +68,9 @@ def test_fp16_training_with_a_gradient_scaler_lowers_the_loss(tiny_data, tmp_pat
     ckpt, stdout = fp16_train(tiny_data, tmp_path / "t.pt", "--max_iters", "60")
     assert "precision=fp16 (--precision fp16)" in stdout
     assert ckpt["val_loss"] < 0.6 * math.log(ckpt["config"]["vocab_size"])  # as the fp32 run above
-    assert ckpt["scaler"]["scale"] > 0 and "fp16: " in stdout and "steps skipped" in stdout
+    skipped = int(stdout.split("fp16: ")[1].split(" of 60 steps skipped")[0])
+    assert ckpt["scaler"]["scale"] == 2.0 ** 16 / 2 ** skipped  # each skipped step counted (no growth in 2,000)
+    assert len(ckpt["optimizer"]["state"]) > 0 and skipped < 10  # it trained
     assert all(w.dtype == torch.float32 for w in ckpt["model"].values())  # autocast: the weights stay fp32
 
 
@@ -96,6 +98,18 @@ def test_fp16_resume_restores_the_loss_scale(tiny_data, tmp_path):
     assert resumed["loss_log"] == pytest.approx(straight["loss_log"], abs=1e-5)
     for name, weight in straight["model"].items():
         torch.testing.assert_close(resumed["model"][name], weight, atol=1e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("saved", [{}, None])  # a bf16 or fp32 run's scaler state; a checkpoint from before fp16
+def test_a_run_continued_in_fp16_after_another_precision_starts_a_new_scale(saved):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    ckpt = {"optimizer": optimizer.state_dict(), "step": 7, "loss_log": [1.0], "torch_rng": torch.get_rng_state()}
+    if saved is not None:
+        ckpt["scaler"] = saved
+    scaler = training.gradient_scaler("fp16", "cpu")
+    assert training.restore_run(ckpt, optimizer, scaler, {}) == (7, [1.0])
+    assert scaler.get_scale() == 2.0 ** 16  # GradScaler's first scale
 
 
 @pytest.mark.parametrize("device, hardware, flag, precision, why", [
