@@ -78,7 +78,7 @@ out/sampling.json: out/teacher.pt out/draft.pt out/student.pt out/bench.json $(B
 # Every GPU setting at a few hundred steps, then the bench on 50 problems three ways: plain in
 # one process per core (up to 8: bench.auto_workers), plain in one process, and with the
 # compiled decoder (CUDA graphs, one process): it prints training tokens/s (the "done" lines),
-# decoding tokens/s and the tables. Its models are far from trained: it checks the machinery and
+# decoding tokens/s and the tables, then each row's tokens/s in the three (report.py). Its models are far from trained: it checks the machinery and
 # the speed, not accuracy.
 CHECK := out/gpu-check
 CHECK_ITERS ?= 300
@@ -94,6 +94,7 @@ gpu-check: install $(DATA)/train.bin
 	$(PYTHON) bench.py $(CHECK_BENCH) --out_dir $(CHECK)
 	$(PYTHON) bench.py $(CHECK_BENCH) --out_dir $(CHECK)/one-process --workers 1
 	$(PYTHON) bench.py $(CHECK_BENCH) --out_dir $(CHECK)/compiled --compile
+	$(PYTHON) report.py $(CHECK)/one-process $(CHECK) $(CHECK)/compiled --out $(CHECK)/speeds.md
 
 # The paper's ablations (its ablation table; our findings are in docs/ablations.md): every variant is the
 # preset student with one thing changed, distilled from the same teacher with the same seed and

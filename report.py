@@ -3,7 +3,8 @@ bench.py's tables and pictures, from the rows it measured: the markdown tables (
 curves at matched tokens per pass, the wrong steps by kind, where answers first part from k=1,
 the student's calibration, the ablations side by side), the Pareto picture (paper figure 5),
 the answers one box per forward pass (paper figure 1), the calibration picture, and the
-ablations' curves and agreement.
+ablations' curves and agreement; and `python report.py DIR...`: several benches' tokens/s side
+by side.
 """
 import json
 import os
@@ -479,3 +480,62 @@ def sampled_plot(rows, samples, path, title):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     save_figure(plt, fig, path)
+
+
+# --------------------------------------------------------------------------------------
+# Several benches of the same rows side by side (make gpu-check: plain, one process, compiled).
+
+TIMINGS = ("tokens_per_second", "speedup", "positions_per_forward")  # what may differ between two runs of one bench
+
+
+def speed_table(runs):
+    """runs: [(name, rows of bench.json)], the first the reference. A row per strategy: its
+    tokens per pass, then each run's tokens/s and speed-up over its own NTP, and its tokens/s
+    over the first run's; the last column says whether every field but the timings is the same
+    in every run (the same answers, in the same passes)."""
+    first_name, first_rows = runs[0]
+    head = ["model", "strategy", "tokens/forward"]
+    for name, _ in runs:
+        head.append(f"{name}: tokens/s (speed-up)")
+    head += [f"{name} / {first_name}" for name, _ in runs[1:]] + ["same answers"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in first_rows:
+        key = (row["model"], row["strategy"])
+        twins = [next((r for r in rows if (r["model"], r["strategy"]) == key), None) for _, rows in runs]
+        if None in twins:
+            continue  # a row not in every run
+        cells = [row["model"], row["strategy"], str(row["tokens_per_forward"])]
+        cells += [f"{t['tokens_per_second']:,.0f} ({t['speedup']})" for t in twins]
+        cells += [f"{t['tokens_per_second'] / row['tokens_per_second']:.2f}" for t in twins[1:]]
+        same = all({k: v for k, v in t.items() if k not in TIMINGS} == {k: v for k, v in row.items() if k not in TIMINGS}
+                   for t in twins)
+        lines.append("| " + " | ".join(cells + ["yes" if same else "no"]) + " |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    import argparse
+    from common import HelpFormatter
+    p = argparse.ArgumentParser(description="Several bench.py runs of the same rows side by side: each row's "
+                                "tokens/s in each run, and over the first run's (make gpu-check prints it).",
+                                formatter_class=HelpFormatter)
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="bench.py --out_dir folders, each with a bench.json; "
+                   "the first is the reference")
+    p.add_argument("--out", default=None, help="also write the table to this markdown file (None: print it only)")
+    return p.parse_args(argv)
+
+
+def main(args):
+    for d in args.dirs:
+        if not os.path.exists(os.path.join(d, "bench.json")):
+            sys.exit(f"error: no {os.path.join(d, 'bench.json')}: run bench.py with --out_dir {d} first")
+    table = speed_table([(d, json.load(open(os.path.join(d, "bench.json")))) for d in args.dirs])
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -14,7 +14,7 @@ from data import problems
 from data.tokenizer import EOT, load_tokenizer, padded_vocab_size
 from decode import Generation, generate_mtp, generate_ntp, generate_speculative
 from model import GPT, GPTConfig, add_mask_token
-from report import accuracy_at
+from report import accuracy_at, speed_table
 
 
 def test_bench_scores_form_and_arithmetic_apart(tiny_data):
@@ -250,3 +250,18 @@ def test_the_calibrated_view_rebins_the_same_tokens_at_the_fitted_temperatures(t
     cooled = calibration(student, {**ckpt, "temperatures": None}, teacher, tests, k1, enc)["sums"]
     handle.remove()
     torch.testing.assert_close(sharp[3], cooled[3])
+
+
+def test_the_speed_table_sets_each_row_beside_its_twin_in_every_run():
+    """report.py DIR...: tokens/s over the first run's, and whether the answers are the same
+    (every field but the timings)."""
+    def row(strategy, tokens_per_second, accuracy=90.0):
+        return {"model": "teacher", "strategy": strategy, "tokens_per_forward": 1.0, "accuracy": accuracy,
+                "tokens_per_second": tokens_per_second, "speedup": 1.0, "positions_per_forward": None}
+    plain = [row("ntp greedy", 100.0), row("static k=3", 200.0)]
+    compiled = [row("static k=3", 500.0), row("ntp greedy", 300.0, accuracy=89.5)]  # another order, one answer differs
+    lines = speed_table([("plain", plain), ("compiled", compiled), ("plain again", plain)]).splitlines()
+    assert lines[0] == ("| model | strategy | tokens/forward | plain: tokens/s (speed-up) | compiled: tokens/s (speed-up) "
+                        "| plain again: tokens/s (speed-up) | compiled / plain | plain again / plain | same answers |")
+    assert lines[2] == "| teacher | ntp greedy | 1.0 | 100 (1.0) | 300 (1.0) | 100 (1.0) | 3.00 | 1.00 | no |"
+    assert lines[3] == "| teacher | static k=3 | 1.0 | 200 (1.0) | 500 (1.0) | 200 (1.0) | 2.50 | 1.00 | yes |"

@@ -18,6 +18,7 @@ SCRIPTS = [
     ("decode.py", ["--prompt", "How many?"]),
     ("bench.py", []),
     ("bench_batch.py", []),
+    ("report.py", ["out"]),
     ("data/prepare.py", []),
     ("data/check.py", []),
 ]

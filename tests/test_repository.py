@@ -57,10 +57,12 @@ def flag_parsers():
     import bench
     import bench_batch
     import distill_mtp
+    import report
     import train_ntp
     from data import prepare
     return {"train_ntp.py": train_ntp.parse_args, "distill_mtp.py": distill_mtp.parse_args,
-            "bench.py": bench.parse_args, "data/prepare.py": prepare.parse_args, "bench_batch.py": bench_batch.parse_args}
+            "bench.py": bench.parse_args, "data/prepare.py": prepare.parse_args, "bench_batch.py": bench_batch.parse_args,
+            "report.py": report.parse_args}
 
 
 @pytest.mark.parametrize("target", [["demo"], ["demo", "GPU=1"], ["gpu-check"], ["ablations"], ["batch"]])
