@@ -485,7 +485,9 @@ def sampled_plot(rows, samples, path, title):
 # --------------------------------------------------------------------------------------
 # Several benches of the same rows side by side (make gpu-check: plain, one process, compiled).
 
-TIMINGS = ("tokens_per_second", "speedup", "positions_per_forward")  # what may differ between two runs of one bench
+# What may differ between two runs of the same rows: the timings, and positions/forward, which a
+# compiled bench does not count (bench.PositionsFed would make its graphs guard on the count).
+TIMINGS = ("tokens_per_second", "speedup", "positions_per_forward")
 
 
 def speed_table(runs):
