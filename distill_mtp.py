@@ -35,7 +35,8 @@ from experiments import train_only_the_adapter
 from model import add_mask_token, mask_tokens, mtp_layout
 from training import (add_training_flags, all_ranks_mean, any_process_stopped, autocast_context, finish, get_batch,
                       get_lr, gradient_scaler, load_tokens, open_run, parse_with_presets, resolve_precision,
-                      restore_run, save_run, settings_line, setup_processes, stop_on_signals, wrap_model)
+                      restore_run, save_run, settings_line, setup_processes, skipped_steps_line, stop_on_signals,
+                      wrap_model)
 
 PRESETS = {
     # Denser prediction points than the paper's N / (2 k_max): each block adds only k-1 tokens
@@ -373,8 +374,7 @@ def main(args):
             f"window tokens/s, {seconds / 60:.1f} min -> {args.out}"
             "\nConfAdapt's temperatures by block position (decode.py --calibrated): "
             + " ".join(f"{t:.2f}" for t in agreement_log[-1]["temperatures"])
-            + (f"\nfp16: {skipped} of {step - first_step} steps skipped (gradients overflowed), loss scale now "
-               f"{scaler.get_scale():g}" if scaler.is_enabled() else ""))
+            + skipped_steps_line(scaler, skipped, step - first_step))
     del student  # the DDP wrapper holds the process group, which finish() shuts down
     finish(bool(stop), args, procs, log)
 

@@ -24,8 +24,8 @@ from common import HelpFormatter, UserError, check_flags, model_from_checkpoint,
 from model import GPT, GPTConfig
 from training import (add_training_flags, all_ranks_mean, any_process_stopped, autocast_context, check_memory,
                       finish, get_batch, get_lr, gradient_scaler, load_tokens, open_run, parse_with_presets,
-                      resolve_precision, restore_run, save_run, settings_line, setup_processes, stop_on_signals,
-                      wrap_model)
+                      resolve_precision, restore_run, save_run, settings_line, setup_processes, skipped_steps_line,
+                      stop_on_signals, wrap_model)
 
 # teacher and draft fit a 2-core CPU (docs/notebook.md: how the teacher's settings were chosen); the _gpu
 # presets are one-GPU sizes. The draft model has >= 4x fewer parameters than its teacher.
@@ -211,8 +211,7 @@ def main(args):
         seconds = time.time() - t0  # evaluations and compilation included
         log(f"{'stopped' if stop else 'done'} at step {step}: train loss {train_loss}, val loss {val_loss:.4f}, "
             f"{(step - first_step) * tokens_per_step / seconds:,.0f} tokens/s, {seconds / 60:.1f} min -> {args.out}"
-            + (f"\nfp16: {skipped} of {step - first_step} steps skipped (gradients overflowed), loss scale now "
-               f"{scaler.get_scale():g}" if scaler.is_enabled() else ""))
+            + skipped_steps_line(scaler, skipped, step - first_step))
     del model  # the DDP wrapper holds the process group, which finish() shuts down
     finish(bool(stop), args, procs, log)
 

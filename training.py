@@ -209,6 +209,13 @@ def gradient_scaler(precision, device_type):
     return torch.amp.GradScaler(device_type, enabled=precision == "fp16")
 
 
+def skipped_steps_line(scaler, skipped, steps):
+    """The line after a run's last one that says how many of its steps fp16 skipped ("" without fp16)."""
+    if not scaler.is_enabled():
+        return ""
+    return f"\nfp16: {skipped} of {steps} steps skipped (gradients overflowed), loss scale now {scaler.get_scale():g}"
+
+
 def memory_available(device):
     """Bytes of memory the device has (the machine's RAM for CPUs and Apple's unified memory),
     or None where it cannot be told."""
