@@ -205,8 +205,8 @@ def gradient_scaler(precision, device_type):
     before the backward pass, so that small gradients stay above fp16's smallest number, and
     divided out of the (fp32) weight gradients before the step. A step whose gradients
     overflowed (inf or nan) is skipped and the scale halved; after 2,000 steps without one it
-    doubles. For bf16 and fp32 it is switched
-    off: scale(), unscale_() and update() do nothing, and step() is optimizer.step()."""
+    doubles. For bf16 and fp32 it is switched off: scale(), unscale_() and update() do nothing,
+    and step() is optimizer.step()."""
     return torch.amp.GradScaler(device_type, enabled=precision == "fp16")
 
 
